@@ -1,0 +1,143 @@
+package dtx
+
+import (
+	"context"
+	"database/sql"
+	"database/sql/driver"
+	"errors"
+	"io"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// connector wraps the parent's driver.Connector. Besides opening wrapped
+// connections it keeps what phase two needs: the sessions that hold prepared
+// MariaDB/MySQL branches, spare sessions to hand back to connections whose
+// session was taken, and a pool to run COMMIT/ROLLBACK PREPARED on.
+type connector struct {
+	parent driver.Connector
+	drv    *Driver
+	opts   options
+
+	mu     sync.Mutex
+	spares []driver.Conn        // parent sessions free for a conn that lost its own
+	heldAt map[*entry]time.Time // entries holding a session, since when
+	closed bool
+
+	db      atomic.Pointer[sql.DB] // the caller's pool, once dtx has seen it
+	ownOnce sync.Once
+	own     *sql.DB // a pool of our own when the caller's is unknown
+}
+
+var (
+	_ driver.Connector = (*connector)(nil)
+	_ io.Closer        = (*connector)(nil)
+)
+
+// NewConnector wraps parent for sql.OpenDB: a pgx stdlib connector, a
+// sqlmock connection, a connector with a custom dialer.
+//
+//	db := sql.OpenDB(dtx.NewConnector(pgConnector, dtx.Postgres))
+func NewConnector(parent driver.Connector, d Dialect, opts ...Option) driver.Connector {
+	drv := &Driver{parent: parent.Driver(), dialect: d, opts: opts}
+	c := newConnector(parent, drv, opts)
+	reg.addConnector(c)
+	return c
+}
+
+func newConnector(parent driver.Connector, drv *Driver, opts []Option) *connector {
+	return &connector{parent: parent, drv: drv, opts: defaultOptions(opts)}
+}
+
+// Connect implements driver.Connector: a parent connection, wrapped.
+func (c *connector) Connect(ctx context.Context) (driver.Conn, error) {
+	pc, err := c.parent.Connect(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return wrapConn(pc, c), nil
+}
+
+// Driver implements driver.Connector and returns the dtx wrapper driver.
+func (c *connector) Driver() driver.Driver { return c.drv }
+
+// Close implements io.Closer, which database/sql calls from DB.Close. It
+// closes spare sessions and the parent connector when that is an io.Closer.
+// Held prepared sessions are closed too: their branches stay prepared on the
+// server, to be finished by name later.
+func (c *connector) Close() error {
+	reg.removeConnector(c)
+	c.mu.Lock()
+	c.closed = true
+	spares := c.spares
+	c.spares = nil
+	c.mu.Unlock()
+	c.releaseAll()
+	var errs []error
+	for _, s := range spares {
+		errs = append(errs, s.Close())
+	}
+	c.ownOnce.Do(func() {}) // no pool of our own from now on
+	if c.own != nil {
+		errs = append(errs, c.own.Close())
+	}
+	if cl, ok := c.parent.(io.Closer); ok {
+		errs = append(errs, cl.Close())
+	}
+	return errors.Join(errs...)
+}
+
+func (c *connector) dialect() Dialect { return c.drv.dialect }
+
+// session gives a conn whose parent session was taken for a prepared branch
+// a new one: a spare if there is one, else a new parent connection.
+func (c *connector) session(ctx context.Context) (driver.Conn, error) {
+	c.mu.Lock()
+	if n := len(c.spares); n > 0 {
+		s := c.spares[n-1]
+		c.spares = c.spares[:n-1]
+		c.mu.Unlock()
+		return s, nil
+	}
+	c.mu.Unlock()
+	return c.parent.Connect(ctx)
+}
+
+// spare takes back a held session after its phase two, for reuse.
+func (c *connector) spare(s driver.Conn) {
+	c.mu.Lock()
+	if !c.closed && len(c.spares) < c.opts.holdLimit {
+		c.spares = append(c.spares, s)
+		s = nil
+	}
+	c.mu.Unlock()
+	if s != nil {
+		s.Close()
+	}
+}
+
+// learn records the caller's pool, so that phase two runs on its connections
+// instead of on connections of a pool of our own.
+func (c *connector) learn(db *sql.DB) {
+	if db != nil && c.db.Load() == nil {
+		c.db.CompareAndSwap(nil, db)
+	}
+}
+
+// pool is where COMMIT/ROLLBACK PREPARED and listing run: the caller's pool
+// when known, else a small pool of our own over the parent connector that
+// keeps its idle connections (opening one costs ~20 ms on PostgreSQL).
+func (c *connector) pool() *sql.DB {
+	if db := c.db.Load(); db != nil {
+		return db
+	}
+	c.ownOnce.Do(func() {
+		c.own = sql.OpenDB(noClose{c.parent})
+		c.own.SetMaxIdleConns(8)
+	})
+	return c.own
+}
+
+// noClose keeps our own pool's Close from closing the parent connector.
+type noClose struct{ driver.Connector }

@@ -1,0 +1,147 @@
+package dtx
+
+import (
+	"context"
+	"database/sql"
+	"database/sql/driver"
+	"errors"
+	"io"
+	"time"
+)
+
+// A Dialect is the SQL one kind of server speaks for two-phase commit:
+// Postgres or MySQL (which also serves MariaDB).
+type Dialect interface {
+	// String names the dialect.
+	String() string
+
+	// begin starts the named transaction on c's parent session.
+	begin(ctx context.Context, c *conn, name string, opts driver.TxOptions) error
+	// prepare is phase one. It returns the parent session when the branch
+	// stays bound to it (MySQL): c no longer owns that session then.
+	prepare(ctx context.Context, c *conn, name string) (held driver.Conn, err error)
+	// abort rolls back the named transaction before it was prepared.
+	abort(ctx context.Context, c *conn, name string) error
+	// finishHeld is phase two on the session that prepared the branch.
+	finishHeld(ctx context.Context, s driver.Conn, name string, commit bool) error
+	// finish is phase two from any session of db. detached is when the
+	// session that prepared the branch was closed, zero when unknown.
+	finish(ctx context.Context, db *sql.DB, name string, commit bool, detached time.Time, grace time.Duration) error
+	// list returns the prepared transactions of db's database.
+	list(ctx context.Context, db *sql.DB) ([]Prepared, error)
+}
+
+// Prepared is a transaction that is prepared and waits for its commit or
+// rollback. Fields a server does not report stay zero.
+type Prepared struct {
+	Name       string
+	PreparedAt time.Time
+	Owner      string
+	Database   string
+}
+
+// execDriver runs one statement without arguments on a parent session.
+func execDriver(ctx context.Context, dc driver.Conn, query string) error {
+	if e, ok := dc.(driver.ExecerContext); ok {
+		_, err := e.ExecContext(ctx, query, nil)
+		if err != driver.ErrSkip {
+			return err
+		}
+	}
+	st, err := prepareDriver(ctx, dc, query)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	if se, ok := st.(driver.StmtExecContext); ok {
+		_, err = se.ExecContext(ctx, nil)
+		return err
+	}
+	_, err = st.Exec(nil) //nolint:staticcheck // only for a Stmt without ExecContext
+	return err
+}
+
+// queryDriver runs one query without arguments on a parent session, reads
+// every row with scan, and returns the rows' command tag when the driver
+// reports one (lib/pq does).
+func queryDriver(ctx context.Context, dc driver.Conn, query string, scan func([]driver.Value) error) (tag string, hasTag bool, err error) {
+	var rows driver.Rows
+	if q, ok := dc.(driver.QueryerContext); ok {
+		rows, err = q.QueryContext(ctx, query, nil)
+	} else {
+		err = driver.ErrSkip
+	}
+	if err == driver.ErrSkip {
+		var st driver.Stmt
+		if st, err = prepareDriver(ctx, dc, query); err != nil {
+			return "", false, err
+		}
+		defer st.Close()
+		if sq, ok := st.(driver.StmtQueryContext); ok {
+			rows, err = sq.QueryContext(ctx, nil)
+		} else {
+			rows, err = st.Query(nil) //nolint:staticcheck // only for a Stmt without QueryContext
+		}
+	}
+	if err != nil {
+		return "", false, err
+	}
+	dest := make([]driver.Value, len(rows.Columns()))
+	for {
+		if err = rows.Next(dest); err != nil {
+			break
+		}
+		if scan != nil {
+			if err = scan(dest); err != nil {
+				rows.Close()
+				return "", false, err
+			}
+		}
+	}
+	if err != io.EOF {
+		rows.Close()
+		return "", false, err
+	}
+	if t, ok := rows.(interface{ Tag() string }); ok {
+		tag, hasTag = t.Tag(), true
+	}
+	return tag, hasTag, rows.Close()
+}
+
+func prepareDriver(ctx context.Context, dc driver.Conn, query string) (driver.Stmt, error) {
+	if p, ok := dc.(driver.ConnPrepareContext); ok {
+		return p.PrepareContext(ctx, query)
+	}
+	return dc.Prepare(query) //nolint:staticcheck // only for a Conn without PrepareContext
+}
+
+// cleanupCtx is for statements that must run even when the caller's context
+// has ended (ROLLBACK, XA ROLLBACK): on a cancelled context lib/pq would
+// cancel them at once.
+func cleanupCtx(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+}
+
+// sqlState returns the SQLSTATE of a PostgreSQL error from lib/pq or pgx.
+func sqlState(err error) string {
+	var s interface{ SQLState() string }
+	if errors.As(err, &s) {
+		return s.SQLState()
+	}
+	return ""
+}
+
+// sleepCtx waits d or until ctx ends.
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	if d <= 0 {
+		return ctx.Err()
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}

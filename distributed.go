@@ -1,0 +1,113 @@
+package dtx
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// BeginDistributed runs fn in a transaction named name on db, which must be
+// opened through a dtx driver, and prepares it: its changes are durable on
+// the server but neither visible nor final until CommitDistributed or
+// RollbackDistributed. When fn returns an error the transaction is rolled
+// back and that error returned (wrapped: errors.Is finds it); when fn
+// panics it is rolled back and the panic goes on.
+func BeginDistributed(ctx context.Context, db *sql.DB, name string, fn func(tx *sql.Tx) error) (err error) {
+	if err := ValidateName(name); err != nil {
+		return err
+	}
+	if _, err := driverOf(db); err != nil {
+		return err
+	}
+	tx, err := db.BeginTx(withDB(WithName(ctx, name), db), nil)
+	if err != nil {
+		return err
+	}
+	done := false
+	defer func() {
+		if !done {
+			tx.Rollback()
+		}
+	}()
+	if err := fn(tx); err != nil {
+		done = true
+		if rbErr := tx.Rollback(); rbErr != nil && !errors.Is(rbErr, sql.ErrTxDone) {
+			return fmt.Errorf("dtx: %q: %w (rolling back failed too: %v)", name, err, rbErr)
+		}
+		return fmt.Errorf("dtx: %q rolled back: %w", name, err)
+	}
+	done = true
+	return tx.Commit()
+}
+
+// CommitDistributed commits the prepared transaction name, wherever this
+// process prepared it; after a restart, or for a name another process
+// prepared, in whichever database opened through dtx in this process has it
+// prepared (ErrUnknownName if none). Committing a name this process already
+// committed returns nil, so a retry is safe.
+func CommitDistributed(ctx context.Context, name string) error {
+	return reg.finish(ctx, name, true)
+}
+
+// RollbackDistributed rolls back the prepared transaction name; see
+// CommitDistributed.
+func RollbackDistributed(ctx context.Context, name string) error {
+	return reg.finish(ctx, name, false)
+}
+
+// ListPrepared lists the prepared transactions waiting in db's database: on
+// PostgreSQL those of this database, with when and by whom they were
+// prepared; on MariaDB/MySQL those XA RECOVER reports with formatID 1 and an
+// empty bqual (the ones a name can address), server-wide.
+func ListPrepared(ctx context.Context, db *sql.DB) ([]Prepared, error) {
+	d, err := driverOf(db)
+	if err != nil {
+		return nil, err
+	}
+	return d.dialect.list(ctx, db)
+}
+
+// CommitPrepared commits the prepared transaction name in db's database, for
+// recovery: a transaction another process prepared, or one this process
+// prepared before it restarted. A name this process holds is finished the
+// way CommitDistributed would.
+func CommitPrepared(ctx context.Context, db *sql.DB, name string) error {
+	return finishPrepared(ctx, db, name, true)
+}
+
+// RollbackPrepared rolls back the prepared transaction name in db's database;
+// see CommitPrepared.
+func RollbackPrepared(ctx context.Context, db *sql.DB, name string) error {
+	return finishPrepared(ctx, db, name, false)
+}
+
+func finishPrepared(ctx context.Context, db *sql.DB, name string, commit bool) error {
+	if err := ValidateName(name); err != nil {
+		return err
+	}
+	d, err := driverOf(db)
+	if err != nil {
+		return err
+	}
+	if e := reg.lookup(name); e != nil {
+		return reg.finish(ctx, name, commit)
+	}
+	if err := d.dialect.finish(ctx, db, name, commit, time.Time{}, defaultOptions(d.opts).detachGrace); err != nil {
+		return err
+	}
+	reg.remember(name, nil, commit)
+	return nil
+}
+
+func driverOf(db *sql.DB) (*Driver, error) {
+	if db == nil {
+		return nil, fmt.Errorf("%w: nil *sql.DB", ErrNotDTX)
+	}
+	d, ok := db.Driver().(*Driver)
+	if !ok {
+		return nil, fmt.Errorf("%w: its driver is %T", ErrNotDTX, db.Driver())
+	}
+	return d, nil
+}

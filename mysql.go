@@ -1,0 +1,290 @@
+package dtx
+
+import (
+	"context"
+	"database/sql"
+	"database/sql/driver"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/go-sql-driver/mysql"
+)
+
+// MySQL is the dialect of MariaDB and MySQL (go-sql-driver/mysql): a named
+// transaction is an XA branch with gtrid = name, empty bqual and formatID 1:
+// XA START ... XA END; XA PREPARE, finished with XA COMMIT or XA ROLLBACK.
+//
+// A prepared branch stays bound to the session that prepared it, and that
+// session can do nothing else; so dtx takes the session out of the pool,
+// holds it, runs phase two on it, and then gives it back for reuse. See
+// docs/two-phase.md for why phase two never runs from another session
+// while dtx can avoid it.
+var MySQL Dialect = mysqlDialect{}
+
+type mysqlDialect struct{}
+
+func (mysqlDialect) String() string { return "mysql" }
+
+// MySQL and MariaDB error numbers dtx tells apart.
+const (
+	erXAERNota     = 1397 // unknown xid, or one bound to another session
+	erXARBRollback = 1402 // branch already rolled back
+	erXAERDupID    = 1440 // xid already exists
+)
+
+func myErrno(err error) uint16 {
+	var me *mysql.MySQLError
+	if errors.As(err, &me) {
+		return me.Number
+	}
+	return 0
+}
+
+// xid is the XA identifier for name: a hex literal, which names the same
+// bytes in every sql_mode (a quoted string does not: 'a\b').
+func xid(name string) string { return "X'" + hex.EncodeToString([]byte(name)) + "'" }
+
+func (mysqlDialect) begin(ctx context.Context, c *conn, name string, opts driver.TxOptions) error {
+	var oneShot []string
+	switch sql.IsolationLevel(opts.Isolation) {
+	case sql.LevelDefault:
+	case sql.LevelReadUncommitted:
+		oneShot = append(oneShot, "SET TRANSACTION ISOLATION LEVEL READ UNCOMMITTED")
+	case sql.LevelReadCommitted:
+		oneShot = append(oneShot, "SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
+	case sql.LevelRepeatableRead:
+		oneShot = append(oneShot, "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+	case sql.LevelSerializable:
+		oneShot = append(oneShot, "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE")
+	default:
+		return fmt.Errorf("dtx: isolation level %v is not supported by MySQL", sql.IsolationLevel(opts.Isolation))
+	}
+	if opts.ReadOnly {
+		oneShot = append(oneShot, "SET TRANSACTION READ ONLY")
+	}
+	for _, q := range oneShot {
+		if err := execDriver(ctx, c.parent, q); err != nil {
+			c.discard()
+			return err
+		}
+	}
+	err := execDriver(ctx, c.parent, "XA START "+xid(name))
+	if err == nil {
+		return nil
+	}
+	if len(oneShot) > 0 || myErrno(err) == 0 {
+		// A pending SET TRANSACTION would leak into the next transaction
+		// on this session: discard it.
+		c.discard()
+	}
+	if myErrno(err) == erXAERDupID {
+		return fmt.Errorf("%w: %q is already prepared or active on this server: %w", ErrNameInUse, name, err)
+	}
+	return err
+}
+
+// prepare ends and prepares the branch and takes the session from c: a
+// prepared session must never go back to the pool.
+func (mysqlDialect) prepare(ctx context.Context, c *conn, name string) (driver.Conn, error) {
+	x := xid(name)
+	if err := execDriver(ctx, c.parent, "XA END "+x); err != nil {
+		mysqlCleanup(ctx, c, x, false)
+		return nil, mysqlPrepareError(name, err, false)
+	}
+	if err := execDriver(ctx, c.parent, "XA PREPARE "+x); err != nil {
+		if myErrno(err) == 0 {
+			// The connection broke: whether the server prepared is unknown,
+			// and closing the session detaches the branch if it did.
+			c.discard()
+			return nil, mysqlPrepareError(name, err, true)
+		}
+		mysqlCleanup(ctx, c, x, true)
+		return nil, mysqlPrepareError(name, err, false)
+	}
+	return c.detach(), nil
+}
+
+func mysqlPrepareError(name string, err error, unknown bool) error {
+	if unknown {
+		return fmt.Errorf("%w: XA PREPARE %q: %w", ErrOutcomeUnknown, name, err)
+	}
+	return fmt.Errorf("%w: %q was rolled back: %w", ErrNotPrepared, name, err)
+}
+
+// mysqlCleanup rolls back a branch that failed to end or prepare; when that
+// fails too the session is discarded, which rolls back an unprepared branch.
+func mysqlCleanup(ctx context.Context, c *conn, x string, ended bool) {
+	if c.parent == nil {
+		return
+	}
+	ctx, cancel := cleanupCtx(ctx)
+	defer cancel()
+	if !ended {
+		execDriver(ctx, c.parent, "XA END "+x)
+	}
+	if err := execDriver(ctx, c.parent, "XA ROLLBACK "+x); err != nil {
+		c.discard()
+	}
+}
+
+func (mysqlDialect) abort(ctx context.Context, c *conn, name string) error {
+	x := xid(name)
+	// XA END fails when the branch already ended or was rolled back by the
+	// server (deadlock); XA ROLLBACK then still clears it.
+	execDriver(ctx, c.parent, "XA END "+x)
+	if err := execDriver(ctx, c.parent, "XA ROLLBACK "+x); err != nil {
+		// Closing the session rolls back an unprepared branch for sure.
+		c.discard()
+	}
+	return nil
+}
+
+func (mysqlDialect) finishHeld(ctx context.Context, s driver.Conn, name string, commit bool) error {
+	q := "XA ROLLBACK " + xid(name)
+	if commit {
+		q = "XA COMMIT " + xid(name)
+	}
+	if err := execDriver(ctx, s, q); err != nil {
+		if myErrno(err) == 0 {
+			return fmt.Errorf("%w: %s: %w", ErrOutcomeUnknown, q, err)
+		}
+		return fmt.Errorf("dtx: %s on the preparing session: %w", q, err)
+	}
+	return nil
+}
+
+// finish is phase two from another session, for a branch whose session is
+// gone. MariaDB has a race there: a commit that arrives right after the
+// preparing session closed can answer OK and leave the branch prepared and
+// orphaned. So finish waits grace after the disconnect (or, when dtx did not
+// see it, after it found the branch detached and no session still
+// detaching), and afterwards checks that no new orphan appeared; if one did,
+// the outcome is reported unknown, never done.
+func (mysqlDialect) finish(ctx context.Context, db *sql.DB, name string, commit bool, detached time.Time, grace time.Duration) error {
+	cn, err := db.Conn(ctx)
+	if err != nil {
+		return err
+	}
+	defer cn.Close()
+	listed, err := xaListed(ctx, cn, name)
+	if err != nil {
+		return err
+	}
+	if !listed {
+		return fmt.Errorf("%w: %q is not in XA RECOVER", ErrUnknownName, name)
+	}
+	if detached.IsZero() {
+		if err := waitDetached(ctx, cn); err != nil {
+			return err
+		}
+		detached = time.Now()
+	}
+	if err := sleepCtx(ctx, time.Until(detached.Add(grace))); err != nil {
+		return err
+	}
+	before, canCheck := orphans(ctx, cn)
+	q := "XA ROLLBACK " + xid(name)
+	if commit {
+		q = "XA COMMIT " + xid(name)
+	}
+	_, err = cn.ExecContext(ctx, q)
+	switch n := myErrno(err); {
+	case err == nil:
+	case n == erXAERNota:
+		return fmt.Errorf("%w: %q is prepared but bound to a session that is still open; finish it there or after it ends: %w", ErrNameHeld, name, err)
+	case n == erXARBRollback:
+		if commit {
+			return fmt.Errorf("%w: %q was read-only or empty and the server has already discarded it: %w", ErrNotPrepared, name, err)
+		}
+		return nil
+	case n == 0:
+		return fmt.Errorf("%w: %s: %w", ErrOutcomeUnknown, q, err)
+	default:
+		return fmt.Errorf("dtx: %s: %w", q, err)
+	}
+	if canCheck {
+		if after, ok := orphans(ctx, cn); ok && after > before {
+			return fmt.Errorf("%w: MariaDB answered OK to %s but a detached prepared transaction that XA RECOVER no longer lists appeared; the branch may still be prepared (it reappears in XA RECOVER after a server restart)", ErrOutcomeUnknown, q)
+		}
+	}
+	return nil
+}
+
+// xaRecover lists the xids with formatID 1 and an empty bqual: the ones a
+// name can address.
+func xaRecover(ctx context.Context, q interface {
+	QueryContext(context.Context, string, ...any) (*sql.Rows, error)
+}) ([]Prepared, error) {
+	rows, err := q.QueryContext(ctx, "XA RECOVER")
+	if err != nil {
+		return nil, fmt.Errorf("dtx: XA RECOVER: %w", err)
+	}
+	defer rows.Close()
+	var out []Prepared
+	for rows.Next() {
+		var format, glen, blen int64
+		var data []byte
+		if err := rows.Scan(&format, &glen, &blen, &data); err != nil {
+			return nil, err
+		}
+		if format == 1 && blen == 0 && int(glen) <= len(data) {
+			out = append(out, Prepared{Name: string(data[:glen])})
+		}
+	}
+	return out, rows.Err()
+}
+
+func xaListed(ctx context.Context, cn *sql.Conn, name string) (bool, error) {
+	ps, err := xaRecover(ctx, cn)
+	for _, p := range ps {
+		if p.Name == name {
+			return true, nil
+		}
+	}
+	return false, err
+}
+
+// waitDetached waits until no session that has left the server still holds
+// a transaction: the window where a disconnect is still detaching a branch.
+// Without the PROCESS privilege it cannot look and returns at once.
+func waitDetached(ctx context.Context, cn *sql.Conn) error {
+	for {
+		var n int
+		err := cn.QueryRowContext(ctx, `SELECT COUNT(*) FROM information_schema.innodb_trx
+			WHERE trx_mysql_thread_id <> 0
+			AND trx_mysql_thread_id NOT IN (SELECT id FROM information_schema.processlist)`).Scan(&n)
+		if err != nil || n == 0 {
+			return ctx.Err()
+		}
+		if err := sleepCtx(ctx, 10*time.Millisecond); err != nil {
+			return err
+		}
+	}
+}
+
+// orphans counts detached transactions that XA RECOVER does not list: InnoDB
+// shows a detached prepared branch with thread id 0, and every such branch is
+// listed unless the race above orphaned it. XA RECOVER is read first, so a
+// branch committed or detached between the two reads is not miscounted.
+func orphans(ctx context.Context, cn *sql.Conn) (int, bool) {
+	rows, err := cn.QueryContext(ctx, "XA RECOVER")
+	if err != nil {
+		return 0, false
+	}
+	listed := 0
+	for rows.Next() {
+		listed++
+	}
+	rows.Close()
+	var detached int
+	if err := cn.QueryRowContext(ctx, "SELECT COUNT(*) FROM information_schema.innodb_trx WHERE trx_mysql_thread_id = 0").Scan(&detached); err != nil {
+		return 0, false
+	}
+	return detached - listed, true
+}
+
+func (mysqlDialect) list(ctx context.Context, db *sql.DB) ([]Prepared, error) {
+	return xaRecover(ctx, db)
+}

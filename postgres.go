@@ -1,0 +1,141 @@
+package dtx
+
+import (
+	"context"
+	"database/sql"
+	"database/sql/driver"
+	"fmt"
+	"strings"
+	"time"
+)
+
+// Postgres is the dialect of PostgreSQL (lib/pq, pgx's stdlib): a named
+// transaction is BEGIN ... PREPARE TRANSACTION '<name>', finished with COMMIT
+// PREPARED or ROLLBACK PREPARED from any connection of the same database.
+var Postgres Dialect = postgresDialect{}
+
+type postgresDialect struct{}
+
+func (postgresDialect) String() string { return "postgres" }
+
+// begin sends BEGIN itself rather than calling the parent's BeginTx: lib/pq's
+// Tx would arm a cancel watcher that only its own Commit/Rollback disarm, and
+// those fail on the idle session PREPARE TRANSACTION leaves behind.
+func (postgresDialect) begin(ctx context.Context, c *conn, _ string, opts driver.TxOptions) error {
+	q := "BEGIN"
+	switch sql.IsolationLevel(opts.Isolation) {
+	case sql.LevelDefault:
+	case sql.LevelReadUncommitted:
+		q += " ISOLATION LEVEL READ UNCOMMITTED"
+	case sql.LevelReadCommitted:
+		q += " ISOLATION LEVEL READ COMMITTED"
+	case sql.LevelRepeatableRead:
+		q += " ISOLATION LEVEL REPEATABLE READ"
+	case sql.LevelSerializable:
+		q += " ISOLATION LEVEL SERIALIZABLE"
+	default:
+		return fmt.Errorf("dtx: isolation level %v is not supported by PostgreSQL", sql.IsolationLevel(opts.Isolation))
+	}
+	if opts.ReadOnly {
+		q += " READ ONLY"
+	}
+	return execDriver(ctx, c.parent, q)
+}
+
+// prepare sends PREPARE TRANSACTION as a query so that it can read the
+// command tag: in a transaction where a statement failed, PostgreSQL answers
+// ROLLBACK without an error and prepares nothing. Drivers that report no tag
+// get a look in pg_prepared_xacts instead.
+func (postgresDialect) prepare(ctx context.Context, c *conn, name string) (driver.Conn, error) {
+	tag, hasTag, err := queryDriver(ctx, c.parent, "PREPARE TRANSACTION "+pgLiteral(name), nil)
+	if err != nil {
+		return nil, pgPrepareError(name, err)
+	}
+	if !hasTag {
+		var n int64
+		_, _, err = queryDriver(ctx, c.parent, "SELECT count(*) FROM pg_prepared_xacts WHERE gid = "+pgLiteral(name)+" AND database = current_database()",
+			func(v []driver.Value) error { n, _ = v[0].(int64); return nil })
+		if err != nil {
+			return nil, fmt.Errorf("%w: PREPARE TRANSACTION %q was sent but checking it failed: %w", ErrOutcomeUnknown, name, err)
+		}
+		if n == 1 {
+			tag = "PREPARE TRANSACTION"
+		}
+	}
+	if tag != "PREPARE TRANSACTION" {
+		return nil, fmt.Errorf("%w: %q was rolled back by the server (a statement in it failed)", ErrNotPrepared, name)
+	}
+	return nil, nil
+}
+
+func pgPrepareError(name string, err error) error {
+	switch code := sqlState(err); {
+	case code == "55000" && strings.Contains(err.Error(), "disabled"):
+		return fmt.Errorf("%w: %w", ErrPreparedTransactionsDisabled, err)
+	case code == "42710":
+		return fmt.Errorf("%w: %q is already prepared in this cluster; the new transaction was rolled back: %w", ErrNameInUse, name, err)
+	case code == "0A000":
+		return fmt.Errorf("%w: %q cannot be prepared (a transaction that used a temporary table, LISTEN/UNLISTEN/NOTIFY, a WITH HOLD cursor or an exported snapshot cannot be); it was rolled back: %w", ErrNotPrepared, name, err)
+	case code != "":
+		return fmt.Errorf("%w: %q was rolled back: %w", ErrNotPrepared, name, err)
+	}
+	return fmt.Errorf("%w: PREPARE TRANSACTION %q: %w", ErrOutcomeUnknown, name, err)
+}
+
+func (postgresDialect) abort(ctx context.Context, c *conn, _ string) error {
+	return execDriver(ctx, c.parent, "ROLLBACK")
+}
+
+func (postgresDialect) finishHeld(context.Context, driver.Conn, string, bool) error {
+	panic("dtx: PostgreSQL holds no prepared sessions")
+}
+
+// finish runs COMMIT/ROLLBACK PREPARED on any connection of db: PostgreSQL
+// does not bind a prepared transaction to a session.
+func (postgresDialect) finish(ctx context.Context, db *sql.DB, name string, commit bool, _ time.Time, _ time.Duration) error {
+	verb := "ROLLBACK PREPARED "
+	if commit {
+		verb = "COMMIT PREPARED "
+	}
+	_, err := db.ExecContext(ctx, verb+pgLiteral(name))
+	switch sqlState(err) {
+	case "":
+		if err != nil {
+			return fmt.Errorf("%w: %s%q: %w", ErrOutcomeUnknown, verb, name, err)
+		}
+		return nil
+	case "42704":
+		return fmt.Errorf("%w: %q: %w", ErrUnknownName, name, err)
+	case "0A000":
+		return fmt.Errorf("%w: %q is prepared in another database of this server: %w", ErrUnknownName, name, err)
+	}
+	return fmt.Errorf("dtx: %s%q: %w", verb, name, err)
+}
+
+func (postgresDialect) list(ctx context.Context, db *sql.DB) ([]Prepared, error) {
+	rows, err := db.QueryContext(ctx, "SELECT gid, prepared, owner, database FROM pg_prepared_xacts WHERE database = current_database() ORDER BY prepared, gid")
+	if err != nil {
+		return nil, fmt.Errorf("dtx: listing prepared transactions: %w", err)
+	}
+	defer rows.Close()
+	var out []Prepared
+	for rows.Next() {
+		var p Prepared
+		if err := rows.Scan(&p.Name, &p.PreparedAt, &p.Owner, &p.Database); err != nil {
+			return nil, err
+		}
+		out = append(out, p)
+	}
+	return out, rows.Err()
+}
+
+// pgLiteral quotes s as a string literal that means s whatever
+// standard_conforming_strings is: with a backslash in s it gets the E prefix.
+// Names are validated before they get here; this is the second line.
+func pgLiteral(s string) string {
+	q := "'" + strings.ReplaceAll(s, "'", "''") + "'"
+	if strings.Contains(s, `\`) {
+		q = "E" + strings.ReplaceAll(q, `\`, `\\`)
+	}
+	return q
+}

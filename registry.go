@@ -1,0 +1,315 @@
+package dtx
+
+import (
+	"context"
+	"database/sql/driver"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+)
+
+// reg is the package registry of global names: which are active, which are
+// prepared and where, which were finished (kept for retry-safe finishing),
+// and every connector this process opened, to search after a restart.
+var reg = &registry{names: map[string]*entry{}, connectors: map[*connector]struct{}{}}
+
+// keepFinished is how many finished names the registry remembers, so that
+// finishing one again the same way answers nil.
+const keepFinished = 10000
+
+type state int
+
+const (
+	stActive state = iota
+	stPrepared
+	stUncertain // prepare's outcome is unknown
+	stCommitted
+	stRolledBack
+)
+
+type registry struct {
+	mu         sync.Mutex
+	names      map[string]*entry
+	finished   []string // oldest first
+	connectors map[*connector]struct{}
+}
+
+// entry is one global name. state is guarded by registry.mu; the rest by
+// entry.mu, which also makes phase two on one name run once at a time.
+type entry struct {
+	name  string
+	c     *connector
+	state state
+
+	mu       sync.Mutex
+	held     driver.Conn // MySQL: the session the branch is bound to
+	timer    *time.Timer // releases held after the hold timeout
+	detached time.Time   // when dtx closed the branch's session
+	unsure   bool        // an earlier phase two's outcome is unknown
+}
+
+func (r *registry) addConnector(c *connector) {
+	r.mu.Lock()
+	r.connectors[c] = struct{}{}
+	r.mu.Unlock()
+}
+
+func (r *registry) removeConnector(c *connector) {
+	r.mu.Lock()
+	delete(r.connectors, c)
+	r.mu.Unlock()
+}
+
+// reserve claims name for a transaction about to begin on c.
+func (r *registry) reserve(name string, c *connector) (*entry, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if e, ok := r.names[name]; ok && e.state <= stUncertain {
+		return nil, fmt.Errorf("%w: %q is active or prepared in this process", ErrNameInUse, name)
+	}
+	e := &entry{name: name, c: c}
+	r.names[name] = e
+	return e, nil
+}
+
+func (r *registry) lookup(name string) *entry {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.names[name]
+}
+
+func (r *registry) drop(e *entry) {
+	r.mu.Lock()
+	if r.names[e.name] == e {
+		delete(r.names, e.name)
+	}
+	r.mu.Unlock()
+}
+
+func (r *registry) setState(e *entry, s state) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	e.state = s
+	if s < stCommitted {
+		return
+	}
+	r.finished = append(r.finished, e.name)
+	if len(r.finished) > keepFinished {
+		old := r.finished[0]
+		r.finished = r.finished[1:]
+		if o := r.names[old]; o != nil && o.state >= stCommitted {
+			delete(r.names, old)
+		}
+	}
+}
+
+func (r *registry) getState(e *entry) state {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return e.state
+}
+
+// prepared records that e's transaction is prepared; held is the session it
+// is bound to (MySQL), or nil.
+func (r *registry) prepared(e *entry, held driver.Conn) {
+	r.setState(e, stPrepared)
+	if held != nil {
+		e.c.hold(e, held)
+	}
+}
+
+func (r *registry) uncertain(e *entry) {
+	e.mu.Lock()
+	e.detached = time.Now()
+	e.mu.Unlock()
+	r.setState(e, stUncertain)
+}
+
+// finish is phase two of name: commit or roll back.
+func (r *registry) finish(ctx context.Context, name string, commit bool) error {
+	if err := ValidateName(name); err != nil {
+		return err
+	}
+	e := r.lookup(name)
+	if e == nil {
+		return r.search(ctx, name, commit)
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	switch st := r.getState(e); {
+	case st == stActive:
+		return fmt.Errorf("%w: %q is still running; commit its transaction first", ErrNotPrepared, name)
+	case st == stCommitted && commit, st == stRolledBack && !commit:
+		return nil
+	case st == stCommitted:
+		return fmt.Errorf("%w: %q was committed", ErrAlreadyFinished, name)
+	case st == stRolledBack:
+		return fmt.Errorf("%w: %q was rolled back", ErrAlreadyFinished, name)
+	}
+	err := e.c.phaseTwo(ctx, e, commit)
+	switch {
+	case err == nil:
+		r.setState(e, finalState(commit))
+	case errors.Is(err, ErrUnknownName):
+		if e.unsure {
+			err = fmt.Errorf("%w: %q is no longer prepared after an earlier attempt whose outcome was unknown: %w", ErrOutcomeUnknown, name, err)
+		}
+		r.drop(e)
+	}
+	return err
+}
+
+func finalState(commit bool) state {
+	if commit {
+		return stCommitted
+	}
+	return stRolledBack
+}
+
+// search finishes a name this process does not know (it restarted, or
+// another process prepared it) in the database where it is prepared, among
+// all those opened through dtx in this process.
+func (r *registry) search(ctx context.Context, name string, commit bool) error {
+	r.mu.Lock()
+	cs := make([]*connector, 0, len(r.connectors))
+	for c := range r.connectors {
+		cs = append(cs, c)
+	}
+	r.mu.Unlock()
+	var errs []error
+	for _, c := range cs {
+		ps, err := c.dialect().list(ctx, c.pool())
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		for _, p := range ps {
+			if p.Name != name {
+				continue
+			}
+			if err := c.dialect().finish(ctx, c.pool(), name, commit, time.Time{}, c.opts.detachGrace); err != nil {
+				return err
+			}
+			r.remember(name, c, commit)
+			return nil
+		}
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("dtx: %q is not prepared in any database that could be searched: %w", name, errors.Join(errs...))
+	}
+	return fmt.Errorf("%w: %q is not prepared in any database opened through dtx in this process", ErrUnknownName, name)
+}
+
+// remember records a name finished outside a transaction of this process.
+func (r *registry) remember(name string, c *connector, commit bool) {
+	e := &entry{name: name, c: c}
+	r.mu.Lock()
+	if old, ok := r.names[name]; ok && old.state <= stUncertain {
+		r.mu.Unlock()
+		return
+	}
+	r.names[name] = e
+	r.mu.Unlock()
+	r.setState(e, finalState(commit))
+}
+
+// phaseTwo finishes e, which is prepared; e.mu is held.
+func (c *connector) phaseTwo(ctx context.Context, e *entry, commit bool) error {
+	d := c.dialect()
+	if s := e.held; s != nil {
+		err := d.finishHeld(ctx, s, e.name, commit)
+		if err == nil {
+			e.timer.Stop()
+			e.held = nil
+			c.unhold(e)
+			c.spare(s)
+			return nil
+		}
+		if errors.Is(err, ErrOutcomeUnknown) {
+			e.unsure = true
+			c.releaseLocked(e)
+		}
+		return err
+	}
+	if c.isClosed() {
+		return reg.search(ctx, e.name, commit)
+	}
+	err := d.finish(ctx, c.pool(), e.name, commit, e.detached, c.opts.detachGrace)
+	if errors.Is(err, ErrOutcomeUnknown) {
+		e.unsure = true
+	}
+	return err
+}
+
+// hold keeps s, the session e's branch is bound to, out of the pool until
+// phase two, for at most the hold timeout; over the hold limit the session
+// held longest is released.
+func (c *connector) hold(e *entry, s driver.Conn) {
+	e.mu.Lock()
+	e.held = s
+	e.timer = time.AfterFunc(c.opts.holdTimeout, func() { c.release(e) })
+	e.mu.Unlock()
+	c.mu.Lock()
+	if c.heldAt == nil {
+		c.heldAt = map[*entry]time.Time{}
+	}
+	c.heldAt[e] = time.Now()
+	var victim *entry
+	if len(c.heldAt) > c.opts.holdLimit || c.closed {
+		for h, at := range c.heldAt {
+			if victim == nil || at.Before(c.heldAt[victim]) {
+				victim = h
+			}
+		}
+	}
+	c.mu.Unlock()
+	if victim != nil {
+		c.release(victim)
+	}
+}
+
+func (c *connector) unhold(e *entry) {
+	c.mu.Lock()
+	delete(c.heldAt, e)
+	c.mu.Unlock()
+}
+
+// release closes the session e's branch is bound to. The branch stays
+// prepared on the server, detached; phase two then runs from another
+// session after the detach grace.
+func (c *connector) release(e *entry) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	c.releaseLocked(e)
+}
+
+func (c *connector) releaseLocked(e *entry) {
+	if e.held == nil {
+		return
+	}
+	e.timer.Stop()
+	e.held.Close()
+	e.held = nil
+	e.detached = time.Now()
+	c.unhold(e)
+}
+
+// releaseAll releases every session c holds, when c closes.
+func (c *connector) releaseAll() {
+	c.mu.Lock()
+	es := make([]*entry, 0, len(c.heldAt))
+	for e := range c.heldAt {
+		es = append(es, e)
+	}
+	c.mu.Unlock()
+	for _, e := range es {
+		c.release(e)
+	}
+}
+
+func (c *connector) isClosed() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.closed
+}

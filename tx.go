@@ -1,0 +1,72 @@
+package dtx
+
+import (
+	"context"
+	"database/sql"
+	"database/sql/driver"
+	"errors"
+)
+
+// tx is a named transaction on one conn. database/sql's *sql.Tx drives it:
+// Commit is phase one (prepare), Rollback aborts.
+type tx struct {
+	c   *conn
+	e   *entry
+	ctx context.Context
+}
+
+var _ driver.Tx = (*tx)(nil)
+
+// beginNamed starts the transaction named name. The name is checked and
+// reserved in this process before any SQL runs.
+func (c *conn) beginNamed(ctx context.Context, name string, opts driver.TxOptions) (driver.Tx, error) {
+	if err := ValidateName(name); err != nil {
+		return nil, err
+	}
+	e, err := reg.reserve(name, c.c)
+	if err != nil {
+		return nil, err
+	}
+	if db, ok := ctx.Value(dbKey{}).(*sql.DB); ok {
+		c.c.learn(db)
+	}
+	if err := c.attach(ctx); err != nil {
+		reg.drop(e)
+		return nil, err
+	}
+	if err := c.c.dialect().begin(ctx, c, name, opts); err != nil {
+		reg.drop(e)
+		return nil, err
+	}
+	return &tx{c: c, e: e, ctx: ctx}, nil
+}
+
+// Commit implements driver.Tx as phase one: it prepares the transaction and
+// returns nil only when the server really prepared it. The name is then
+// registered as prepared, to be finished by CommitDistributed or
+// RollbackDistributed.
+func (t *tx) Commit() error {
+	// database/sql has checked ctx; PREPARE must not be cut off halfway.
+	ctx := context.WithoutCancel(t.ctx)
+	held, err := t.c.c.dialect().prepare(ctx, t.c, t.e.name)
+	switch {
+	case err == nil:
+		reg.prepared(t.e, held)
+	case errors.Is(err, ErrOutcomeUnknown):
+		reg.uncertain(t.e)
+	default:
+		reg.drop(t.e)
+	}
+	return err
+}
+
+// Rollback implements driver.Tx: it rolls back the unprepared transaction and
+// frees its name. It runs even when the transaction's context has ended
+// (database/sql rolls back on cancel).
+func (t *tx) Rollback() error {
+	ctx, cancel := cleanupCtx(t.ctx)
+	defer cancel()
+	err := t.c.c.dialect().abort(ctx, t.c, t.e.name)
+	reg.drop(t.e)
+	return err
+}
