@@ -20,6 +20,9 @@ type Dialect interface {
 	// prepare is phase one. It returns the parent session when the branch
 	// stays bound to it (MySQL): c no longer owns that session then.
 	prepare(ctx context.Context, c *conn, name string) (held driver.Conn, err error)
+	// commitOnePhase commits the named transaction without preparing it: a
+	// global with a single branch needs no two-phase commit.
+	commitOnePhase(ctx context.Context, c *conn, name string) error
 	// abort rolls back the named transaction before it was prepared.
 	abort(ctx context.Context, c *conn, name string) error
 	// finishHeld is phase two on the session that prepared the branch.

@@ -32,6 +32,9 @@ var (
 	// answer that its own state contradicts). Nothing is reported as done;
 	// list the database's prepared transactions to decide.
 	ErrOutcomeUnknown = errors.New("dtx: outcome unknown")
+	// ErrRolledBack: a one-phase commit (a global with a single branch) was
+	// refused and the transaction rolled back.
+	ErrRolledBack = errors.New("dtx: transaction rolled back instead of committed")
 	// ErrNotDTX: the *sql.DB was not opened through a dtx driver.
 	ErrNotDTX = errors.New("dtx: database not opened through a dtx driver")
 )

@@ -129,6 +129,23 @@ func mysqlCleanup(ctx context.Context, c *conn, x string, ended bool) {
 	}
 }
 
+func (mysqlDialect) commitOnePhase(ctx context.Context, c *conn, name string) error {
+	x := xid(name)
+	err := execDriver(ctx, c.parent, "XA END "+x)
+	if err == nil {
+		err = execDriver(ctx, c.parent, "XA COMMIT "+x+" ONE PHASE")
+	}
+	switch {
+	case err == nil:
+		return nil
+	case myErrno(err) == 0:
+		c.discard()
+		return fmt.Errorf("%w: XA COMMIT %q ONE PHASE: %w", ErrOutcomeUnknown, name, err)
+	}
+	mysqlCleanup(ctx, c, x, true)
+	return fmt.Errorf("%w: %q: %w", ErrRolledBack, name, err)
+}
+
 func (mysqlDialect) abort(ctx context.Context, c *conn, name string) error {
 	x := xid(name)
 	// XA END fails when the branch already ended or was rolled back by the

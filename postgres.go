@@ -82,6 +82,28 @@ func pgPrepareError(name string, err error) error {
 	return fmt.Errorf("%w: PREPARE TRANSACTION %q: %w", ErrOutcomeUnknown, name, err)
 }
 
+// commitOnePhase sends COMMIT and reads its tag: ROLLBACK means a statement
+// failed and nothing was committed. A driver that reports no tag (anything
+// but lib/pq) first gets a statement that fails in an aborted transaction.
+func (postgresDialect) commitOnePhase(ctx context.Context, c *conn, name string) error {
+	if !strings.HasPrefix(fmt.Sprintf("%T", c.parent), "*pq.") {
+		if err := execDriver(ctx, c.parent, "SELECT 1"); err != nil {
+			execDriver(ctx, c.parent, "ROLLBACK")
+			return fmt.Errorf("%w: %q: %w", ErrRolledBack, name, err)
+		}
+	}
+	tag, hasTag, err := queryDriver(ctx, c.parent, "COMMIT", nil)
+	switch {
+	case err != nil && sqlState(err) != "":
+		return fmt.Errorf("%w: %q: %w", ErrRolledBack, name, err)
+	case err != nil:
+		return fmt.Errorf("%w: COMMIT %q: %w", ErrOutcomeUnknown, name, err)
+	case hasTag && tag != "COMMIT":
+		return fmt.Errorf("%w: %q was rolled back by the server (a statement in it failed)", ErrRolledBack, name)
+	}
+	return nil
+}
+
 func (postgresDialect) abort(ctx context.Context, c *conn, _ string) error {
 	return execDriver(ctx, c.parent, "ROLLBACK")
 }

@@ -38,9 +38,10 @@ type registry struct {
 // entry is one global name. state is guarded by registry.mu; the rest by
 // entry.mu, which also makes phase two on one name run once at a time.
 type entry struct {
-	name  string
-	c     *connector
-	state state
+	name     string
+	c        *connector
+	state    state
+	onePhase bool // commit without prepare (a global's only branch)
 
 	mu       sync.Mutex
 	held     driver.Conn // MySQL: the session the branch is bound to
@@ -77,6 +78,21 @@ func (r *registry) lookup(name string) *entry {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return r.names[name]
+}
+
+// setOnePhase makes the active transaction name commit in one phase.
+func (r *registry) setOnePhase(name string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if e := r.names[name]; e != nil && e.state == stActive {
+		e.onePhase = true
+	}
+}
+
+func (r *registry) isOnePhase(e *entry) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return e.onePhase
 }
 
 func (r *registry) drop(e *entry) {

@@ -48,6 +48,11 @@ func (c *conn) beginNamed(ctx context.Context, name string, opts driver.TxOption
 func (t *tx) Commit() error {
 	// database/sql has checked ctx; PREPARE must not be cut off halfway.
 	ctx := context.WithoutCancel(t.ctx)
+	if reg.isOnePhase(t.e) {
+		err := t.c.c.dialect().commitOnePhase(ctx, t.c, t.e.name)
+		reg.drop(t.e)
+		return err
+	}
 	held, err := t.c.c.dialect().prepare(ctx, t.c, t.e.name)
 	switch {
 	case err == nil:
