@@ -359,7 +359,10 @@ func (g *Global) commit(ctx, tctx context.Context) error {
 		return fmt.Errorf("%w: global %s: writing the commit decision: %w", ErrOutcomeUnknown, g.id, err)
 	}
 	hook("decided")
-	return g.c.commitBranches(ctx, d)
+	// Phase two retries for at most another timeout; Recover does the rest.
+	pctx, cancel := context.WithTimeout(ctx, g.c.timeout)
+	defer cancel()
+	return g.c.commitBranches(pctx, d)
 }
 
 // rollbackPrepared rolls back the branches that did prepare after another

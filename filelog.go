@@ -256,9 +256,14 @@ func (l *FileLog) Heuristic(ctx context.Context, global, detail string) error {
 }
 
 // Pending implements Log.
+// After a failed write it returns that error: what is on disk may then hold
+// decisions the memory does not, and recovery must not act on less.
 func (l *FileLog) Pending(ctx context.Context, node string) ([]Decision, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if l.err != nil {
+		return nil, l.err
+	}
 	var out []Decision
 	for _, d := range l.pending {
 		if node == "" || d.Node == node {
