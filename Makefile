@@ -16,10 +16,12 @@ vet:
 
 test: devdb vet
 	$(GO) test -race -count=1 ./...
+	cd tests/orm && $(GO) vet ./... && $(GO) test -race -count=1 ./...
 
 demo: devdb
 	$(GO) run ./examples/demo
 
-# Raw driver and dtx side by side; see docs/performance.md.
+# Raw driver and dtx side by side, in rounds, then the dtx/raw table; see
+# docs/performance.md (BENCHCOUNT, BENCHOUT, BENCHFLAGS; GOMAXPROCS=1 variant).
 bench: devdb
-	$(GO) test -run '^$$' -bench . -benchmem -count 6 -timeout 60m . | tee bench.out
+	GO='$(GO)' bash scripts/bench.sh

@@ -44,28 +44,41 @@ func (postgresDialect) begin(ctx context.Context, c *conn, _ string, opts driver
 
 // prepare sends PREPARE TRANSACTION as a query so that it can read the
 // command tag: in a transaction where a statement failed, PostgreSQL answers
-// ROLLBACK without an error and prepares nothing. Drivers that report no tag
-// get a look in pg_prepared_xacts instead.
+// ROLLBACK without an error and prepares nothing. A driver that reports no
+// tag (anything but lib/pq) first gets a statement that fails in an aborted
+// transaction; looking in pg_prepared_xacts afterwards would not do, as
+// another process may have the same name prepared.
 func (postgresDialect) prepare(ctx context.Context, c *conn, name string) (driver.Conn, error) {
+	if err := pgNotAborted(ctx, c, name); err != nil {
+		return nil, err
+	}
 	tag, hasTag, err := queryDriver(ctx, c.parent, "PREPARE TRANSACTION "+pgLiteral(name), nil)
 	if err != nil {
 		return nil, pgPrepareError(name, err)
 	}
-	if !hasTag {
-		var n int64
-		_, _, err = queryDriver(ctx, c.parent, "SELECT count(*) FROM pg_prepared_xacts WHERE gid = "+pgLiteral(name)+" AND database = current_database()",
-			func(v []driver.Value) error { n, _ = v[0].(int64); return nil })
-		if err != nil {
-			return nil, fmt.Errorf("%w: PREPARE TRANSACTION %q was sent but checking it failed: %w", ErrOutcomeUnknown, name, err)
-		}
-		if n == 1 {
-			tag = "PREPARE TRANSACTION"
-		}
-	}
-	if tag != "PREPARE TRANSACTION" {
+	if hasTag && tag != "PREPARE TRANSACTION" {
 		return nil, fmt.Errorf("%w: %q was rolled back by the server (a statement in it failed)", ErrNotPrepared, name)
 	}
 	return nil, nil
+}
+
+// pgTagged reports whether the driver behind dc reports command tags.
+func pgTagged(dc driver.Conn) bool { return strings.HasPrefix(fmt.Sprintf("%T", dc), "*pq.") }
+
+// pgNotAborted makes sure, for a driver without command tags, that the
+// transaction is not aborted; if it is, it rolls it back.
+func pgNotAborted(ctx context.Context, c *conn, name string) error {
+	if pgTagged(c.parent) {
+		return nil
+	}
+	err := execDriver(ctx, c.parent, "SELECT 1")
+	if err == nil {
+		return nil
+	}
+	if sqlState(err) != "" {
+		execDriver(ctx, c.parent, "ROLLBACK")
+	}
+	return fmt.Errorf("%w: %q was rolled back (a statement in it failed): %w", ErrNotPrepared, name, err)
 }
 
 func pgPrepareError(name string, err error) error {
@@ -86,11 +99,8 @@ func pgPrepareError(name string, err error) error {
 // failed and nothing was committed. A driver that reports no tag (anything
 // but lib/pq) first gets a statement that fails in an aborted transaction.
 func (postgresDialect) commitOnePhase(ctx context.Context, c *conn, name string) error {
-	if !strings.HasPrefix(fmt.Sprintf("%T", c.parent), "*pq.") {
-		if err := execDriver(ctx, c.parent, "SELECT 1"); err != nil {
-			execDriver(ctx, c.parent, "ROLLBACK")
-			return fmt.Errorf("%w: %q: %w", ErrRolledBack, name, err)
-		}
+	if err := pgNotAborted(ctx, c, name); err != nil {
+		return fmt.Errorf("%w: %w", ErrRolledBack, err)
 	}
 	tag, hasTag, err := queryDriver(ctx, c.parent, "COMMIT", nil)
 	switch {
