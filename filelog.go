@@ -34,11 +34,11 @@ type FileLog struct {
 
 	mu       sync.Mutex
 	f        *os.File
-	buf      []byte       // records not yet written
-	waiters  []chan error // Decide/Heuristic calls waiting for the next fsync
-	flushing bool         // a caller is writing and fsyncing outside mu
-	idle     sync.Cond    // signalled when flushing ends
-	err      error        // the first write error; the log refuses writes after it
+	buf      []byte    // records not yet written
+	waiters  []waiter  // Decide/Heuristic calls waiting for the next fsync
+	flushing bool      // a caller is writing and fsyncing outside mu
+	idle     sync.Cond // signalled when flushing ends
+	err      error     // the first write error; the log refuses writes after it
 	pending  map[string]Decision
 	heur     []heuristicRec
 	dead     int // records in the file that compaction would drop
@@ -55,6 +55,12 @@ const (
 )
 
 var crcTable = crc32.MakeTable(crc32.Castagnoli)
+
+// waiter is a durable write waiting for its fsync.
+type waiter struct {
+	ch    chan error
+	apply func() // updates the memory, with mu held, once the record is durable
+}
 
 type heuristicRec struct {
 	Global string `json:"g"`
@@ -130,8 +136,8 @@ func (l *FileLog) load(f *os.File) error {
 		}
 		payload := rest[8 : 8+n]
 		if n == 0 || n > maxRecordSize || crc32.Checksum(payload, crcTable) != sum {
-			if 8+n == len(rest) {
-				break // torn last record
+			if allZero(rest[8+n:]) {
+				break // torn last record, perhaps followed by zeros the file grew by
 			}
 			return fmt.Errorf("%w: %s: bad record at byte %d", ErrLogCorrupt, l.path, off)
 		}
@@ -211,13 +217,9 @@ func (l *FileLog) Decide(ctx context.Context, d Decision) error {
 	if err != nil {
 		return err
 	}
-	if err := l.write(rec, true); err != nil {
-		return err
-	}
-	l.mu.Lock()
-	l.pending[d.Global] = d
-	l.mu.Unlock()
-	return nil
+	// The memory learns of d once d is durable, before a compaction can
+	// rewrite the file from the memory.
+	return l.write(rec, true, func() { l.pending[d.Global] = d })
 }
 
 // Forget implements Log; the record is written but not fsynced.
@@ -236,7 +238,7 @@ func (l *FileLog) Forget(ctx context.Context, global string) error {
 	if err != nil {
 		return err
 	}
-	return l.write(rec, false)
+	return l.write(rec, false, nil)
 }
 
 // Heuristic implements Log; heuristic records survive compaction.
@@ -246,13 +248,7 @@ func (l *FileLog) Heuristic(ctx context.Context, global, detail string) error {
 	if err != nil {
 		return err
 	}
-	if err := l.write(rec, true); err != nil {
-		return err
-	}
-	l.mu.Lock()
-	l.heur = append(l.heur, h)
-	l.mu.Unlock()
-	return nil
+	return l.write(rec, true, func() { l.heur = append(l.heur, h) })
 }
 
 // Pending implements Log.
@@ -293,9 +289,10 @@ func (l *FileLog) Syncs() int64 {
 	return l.syncs
 }
 
-// write appends rec. With durable it returns after an fsync that covers rec;
-// the caller that finds no fsync running does it, for everyone waiting.
-func (l *FileLog) write(rec []byte, durable bool) error {
+// write appends rec. With durable it returns after an fsync that covers rec,
+// and runs apply (with mu held) once that fsync succeeded; the caller that
+// finds no fsync running does it, for everyone waiting.
+func (l *FileLog) write(rec []byte, durable bool, apply func()) error {
 	l.mu.Lock()
 	if l.err != nil {
 		l.mu.Unlock()
@@ -311,7 +308,7 @@ func (l *FileLog) write(rec []byte, durable bool) error {
 		return err
 	}
 	ch := make(chan error, 1)
-	l.waiters = append(l.waiters, ch)
+	l.waiters = append(l.waiters, waiter{ch: ch, apply: apply})
 	if l.flushing {
 		l.mu.Unlock()
 		return <-ch
@@ -320,18 +317,26 @@ func (l *FileLog) write(rec []byte, durable bool) error {
 	for len(l.waiters) > 0 {
 		buf, ws := l.buf, l.waiters
 		l.buf, l.waiters = nil, nil
-		l.mu.Unlock()
-		_, err := l.f.Write(buf)
+		// After a failed write nothing more is written: records after a
+		// torn one would make it corruption in the middle of the file.
+		err := l.err
 		if err == nil {
-			err = l.f.Sync()
-		}
-		l.mu.Lock()
-		l.syncs++
-		if err != nil && l.err == nil {
-			l.err = fmt.Errorf("%w: writing %s failed: %w", ErrLogClosed, l.path, err)
+			l.mu.Unlock()
+			_, err = l.f.Write(buf)
+			if err == nil {
+				err = l.f.Sync()
+			}
+			l.mu.Lock()
+			l.syncs++
+			if err != nil {
+				l.err = fmt.Errorf("%w: writing %s failed: %w", ErrLogClosed, l.path, err)
+			}
 		}
 		for _, w := range ws {
-			w <- err
+			if err == nil {
+				w.apply()
+			}
+			w.ch <- err
 		}
 	}
 	if len(l.buf) > 0 && l.err == nil {
