@@ -99,10 +99,14 @@ func (l *SQLLog) Decide(ctx context.Context, d Decision) error {
 
 // Forget implements Log: the row goes, unless it records a heuristic outcome.
 func (l *SQLLog) Forget(ctx context.Context, global string) error {
-	if _, err := l.db.ExecContext(ctx, l.q("DELETE FROM T_ WHERE global_id = ? AND heuristic IS NULL"), global); err != nil {
+	res, err := l.db.ExecContext(ctx, l.q("DELETE FROM T_ WHERE global_id = ? AND heuristic IS NULL"), global)
+	if err != nil {
 		return err
 	}
-	_, err := l.db.ExecContext(ctx, l.q("UPDATE T_ SET state = 'F' WHERE global_id = ?"), global)
+	if n, err := res.RowsAffected(); err == nil && n > 0 {
+		return nil
+	}
+	_, err = l.db.ExecContext(ctx, l.q("UPDATE T_ SET state = 'F' WHERE global_id = ?"), global)
 	return err
 }
 

@@ -7,6 +7,10 @@
 // plain one-phase transaction shown for context. Run the benchmarks 6 times
 // or more (scripts/bench.sh does, alternating which side goes first).
 //
+// BenchmarkGlobal (the coordinator) gets a table of its own: impl=coord
+// against the slowest impl=single-* (latency ratio, goal ≤ 1.15), against
+// impl=seq, impl=coord-sqllog against coord, and fsyncs/op.
+//
 //	go run ./scripts/benchratio bench.out
 //	go test -run '^$' -bench . -benchmem -count 6 . | go run ./scripts/benchratio
 package main
@@ -31,7 +35,10 @@ var goals = map[string]struct {
 	"NamedCycle":  {0.97, -1},
 }
 
-type sample struct{ ns, allocs []float64 }
+type sample struct {
+	ns, allocs []float64
+	extra      map[string][]float64 // other metrics by unit: p50-ms, fsyncs/op
+}
 
 type group struct {
 	name  string // the benchmark name without Benchmark and /impl=
@@ -84,6 +91,7 @@ func parse(r io.Reader) ([]*group, error) {
 			continue
 		}
 		var ns, allocs float64 = -1, -1
+		extra := map[string]float64{}
 		for i := 2; i+1 < len(f); i += 2 {
 			v, err := strconv.ParseFloat(f[i], 64)
 			if err != nil {
@@ -94,6 +102,8 @@ func parse(r io.Reader) ([]*group, error) {
 				ns = v
 			case "allocs/op":
 				allocs = v
+			default:
+				extra[f[i+1]] = v
 			}
 		}
 		if ns < 0 {
@@ -113,6 +123,12 @@ func parse(r io.Reader) ([]*group, error) {
 		s.ns = append(s.ns, ns)
 		if allocs >= 0 {
 			s.allocs = append(s.allocs, allocs)
+		}
+		for unit, v := range extra {
+			if s.extra == nil {
+				s.extra = map[string][]float64{}
+			}
+			s.extra[unit] = append(s.extra[unit], v)
 		}
 	}
 	return order, sc.Err()
@@ -165,6 +181,13 @@ func paired(raw, dtx []float64) (lo, hi float64, ok bool) {
 }
 
 func report(w io.Writer, groups []*group) {
+	if slices.ContainsFunc(groups, func(g *group) bool { return g.impls["raw"] != nil && g.impls["dtx"] != nil }) {
+		reportRatios(w, groups)
+	}
+	reportGlobal(w, groups)
+}
+
+func reportRatios(w io.Writer, groups []*group) {
 	fmt.Fprintln(w, "| benchmark | runs | raw ns/op | dtx ns/op | dtx/raw throughput | per-round range | goal | allocs/op raw → dtx | verdict |")
 	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|")
 	var ctx []*group
@@ -226,4 +249,103 @@ func report(w io.Writer, groups []*group) {
 		}
 		fmt.Fprintf(w, "| %s | %.0f | %.0f | %.2f | %s |\n", g.name, one, raw, one/raw, d)
 	}
+}
+
+// globalGoal is the most a global may take over the slowest single-database
+// named 2PC cycle: latency coord ÷ single.
+const globalGoal = 1.15
+
+// reportGlobal prints the coordinator table: per BenchmarkGlobal benchmark,
+// coord against the slowest single-* (by median ns/op, and by median p50),
+// against seq, coord-sqllog against coord, and FileLog fsyncs per decision.
+// The verdict is on the p50 ratio (at conc=1 it is the ns/op ratio; at
+// conc>1 ns/op is wall time per global, not the latency of one).
+func reportGlobal(w io.Writer, groups []*group) {
+	var gs []*group
+	for _, g := range groups {
+		if g.base == "Global" && g.impls["coord"] != nil {
+			gs = append(gs, g)
+		}
+	}
+	if len(gs) == 0 {
+		return
+	}
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "Coordinator: a global against the slowest single-database named 2PC cycle, latency goal coord/single ≤ 1.15; against the sequential loop (seq); fsyncs per decision:")
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "| benchmark | runs | coord ns/op | single ns/op (slowest) | coord/single ns/op | coord p50 ms | single p50 ms | coord/single p50 | goal | coord/seq ns/op | coord-sqllog/coord ns/op | fsyncs/op | verdict |")
+	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+	dash := func(ok bool, format string, v float64) string {
+		if !ok {
+			return "–"
+		}
+		return fmt.Sprintf(format, v)
+	}
+	for _, g := range gs {
+		coord := g.impls["coord"]
+		coordNs := median(coord.ns)
+		coordP50, hasP50 := medianExtra(coord, "p50-ms")
+		var single *sample
+		singleName, singleNs, singleP50, singleHasP50 := "", 0.0, 0.0, false
+		for name, s := range g.impls {
+			if !strings.HasPrefix(name, "single") {
+				continue
+			}
+			if ns := median(s.ns); ns > singleNs {
+				single, singleName, singleNs = s, name, ns
+			}
+			if p, ok := medianExtra(s, "p50-ms"); ok && p > singleP50 {
+				singleP50, singleHasP50 = p, true
+			}
+		}
+		runs := len(coord.ns)
+		if single != nil {
+			runs = min(runs, len(single.ns))
+		}
+		seq := g.impls["seq"]
+		sqllog := g.impls["coord-sqllog"]
+		fsyncs, hasFsyncs := medianExtra(coord, "fsyncs/op")
+		p50Ratio := coordP50 / singleP50
+		verdict := "–"
+		if single != nil {
+			ratio := coordNs / singleNs
+			if hasP50 && singleHasP50 {
+				ratio = p50Ratio
+			}
+			verdict = "ok"
+			if ratio > globalGoal {
+				verdict = "ABOVE"
+			}
+			if runs < 6 {
+				verdict += " (n=" + strconv.Itoa(runs) + ")"
+			}
+		}
+		singleCol := "–"
+		if single != nil {
+			singleCol = fmt.Sprintf("%.0f (%s)", singleNs, strings.TrimPrefix(singleName, "single-"))
+		}
+		fmt.Fprintf(w, "| %s | %d | %.0f | %s | %s | %s | %s | %s | ≤ %.2f | %s | %s | %s | %s |\n",
+			g.name, runs, coordNs, singleCol,
+			dash(single != nil, "%.2f", coordNs/singleNs),
+			dash(hasP50, "%.2f", coordP50), dash(singleHasP50, "%.2f", singleP50),
+			dash(hasP50 && singleHasP50, "%.2f", p50Ratio), globalGoal,
+			dash(seq != nil, "%.2f", coordNs/median(nsOf(seq))),
+			dash(sqllog != nil, "%.2f", median(nsOf(sqllog))/coordNs),
+			dash(hasFsyncs, "%.3f", fsyncs), verdict)
+	}
+}
+
+func nsOf(s *sample) []float64 {
+	if s == nil {
+		return nil
+	}
+	return s.ns
+}
+
+func medianExtra(s *sample, unit string) (float64, bool) {
+	xs := s.extra[unit]
+	if len(xs) == 0 {
+		return 0, false
+	}
+	return median(xs), true
 }

@@ -1,0 +1,411 @@
+package dtx_test
+
+// Benchmarks of the Coordinator: a global over 2 or 4 branches against the
+// slowest single-database named 2PC cycle and against the naive sequential
+// prepare/commit loop. See docs/performance.md, "The coordinator".
+//
+//	BenchmarkGlobal/{pgpg,pgmy}/branches={2,4}/conc={1,16}/impl=...
+//
+//	coord         c.Do with one INSERT per branch, FileLog (fsync on)
+//	coord-sqllog  the same with an SQLLog table in the PostgreSQL database (branches=2)
+//	seq           the branches begun by name, prepared one after another, then
+//	              committed one after another, no log (SQLAlchemy, gosql2pc)
+//	single-pg     dtx.BeginDistributed(one INSERT) + dtx.CommitDistributed on
+//	single-my     PostgreSQL / MariaDB: the baseline; the slower one counts
+//
+// pgpg puts the branches on two databases of one PostgreSQL cluster (test and
+// dtx_bench2, created if absent; when it cannot be, two tables of the test
+// database), alternately; pgmy alternates PostgreSQL and MariaDB (4 branches:
+// 2 + 2). Every branch has a table of its own.
+//
+// conc=N keeps N globals in flight from N goroutines; ns/op is wall time per
+// global (1e9/(ns/op) the throughput), p50-ms and p99-ms the latency of one
+// global, fsyncs/op the FileLog fsyncs per decision. The impls run in the
+// order above, reversed when DTX_BENCH_DTX_FIRST=1 (scripts/bench.sh
+// alternates it between rounds). DTX_BENCH_LOGDIR puts the FileLog elsewhere
+// than under $TMPDIR (which must be a real disk, not tmpfs, for the fsyncs
+// to cost what they do in production).
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"net/url"
+	"os"
+	"slices"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/dtx-go/dtx"
+	"github.com/lib/pq"
+)
+
+// globalMaxPerDB is the most branches of one global on one database (4
+// branches over 2 databases) and globalMaxConc the most globals in flight.
+const (
+	globalMaxPerDB = 2
+	globalMaxConc  = 16
+)
+
+// globalRes is one resource of a variant: a dtx pool on one database.
+type globalRes struct {
+	name string // resource name, and suffix of the single-* impl
+	s    server
+	db   *sql.DB
+}
+
+// globalBranch is one branch of a global: its resource and its table.
+type globalBranch struct {
+	res *globalRes
+	ins string
+}
+
+func BenchmarkGlobal(b *testing.B) {
+	for _, variant := range []string{"pgpg", "pgmy"} {
+		b.Run(variant, func(b *testing.B) {
+			res := globalResources(b, variant)
+			for _, nb := range []int{2, 4} {
+				b.Run("branches="+strconv.Itoa(nb), func(b *testing.B) {
+					for _, conc := range []int{1, globalMaxConc} {
+						b.Run("conc="+strconv.Itoa(conc), func(b *testing.B) {
+							impls := []string{"coord"}
+							if nb == 2 {
+								impls = append(impls, "coord-sqllog")
+							}
+							impls = append(impls, "seq")
+							seen := map[string]bool{}
+							for _, r := range res {
+								if !seen[r.s.kind] {
+									seen[r.s.kind] = true
+									impls = append(impls, "single-"+benchKind(r.s))
+								}
+							}
+							if os.Getenv("DTX_BENCH_DTX_FIRST") == "1" {
+								slices.Reverse(impls) // scripts/bench.sh alternates the order between rounds
+							}
+							for _, im := range impls {
+								b.Run("impl="+im, func(b *testing.B) {
+									benchGlobalImpl(b, res, nb, conc, im)
+								})
+							}
+						})
+					}
+				})
+			}
+		})
+	}
+}
+
+// globalResources opens the variant's two pools, sized for globalMaxConc
+// globals with globalMaxPerDB branches on each, and warmed; they live as long
+// as b.
+func globalResources(b *testing.B, variant string) []*globalRes {
+	b.Helper()
+	pg, my := servers()[0], servers()[1]
+	var ss []server
+	switch variant {
+	case "pgpg":
+		need(b, pg)
+		ss = []server{pg, benchSecondPG(b, pg)}
+	case "pgmy":
+		need(b, pg)
+		need(b, my)
+		ss = []server{pg, my}
+	}
+	ctx := context.Background()
+	var out []*globalRes
+	for i, s := range ss {
+		db := open(b, s, s.wrapped)
+		n := globalMaxConc*globalMaxPerDB + 4
+		db.SetMaxOpenConns(n)
+		db.SetMaxIdleConns(n)
+		benchWarmPool(b, db, globalMaxConc*globalMaxPerDB)
+		// One named cycle through BeginDistributed tells the connector which
+		// pool phase two runs on (seq begins with WithName alone, which
+		// does not).
+		name := "w" + token() + "_0"
+		err := dtx.BeginDistributed(ctx, db, name, func(tx *sql.Tx) error {
+			_, err := tx.ExecContext(ctx, "SELECT 1")
+			return err
+		})
+		if err == nil {
+			err = dtx.CommitDistributed(ctx, name)
+		}
+		if err != nil {
+			b.Fatalf("warming %s: %v", s.kind, err)
+		}
+		out = append(out, &globalRes{name: benchKind(s) + strconv.Itoa(i+1), s: s, db: db})
+	}
+	return out
+}
+
+// benchKind is s's kind in two letters: pg, my.
+func benchKind(s server) string {
+	if s.kind == "postgres" {
+		return "pg"
+	}
+	return "my"
+}
+
+// benchSecondPG returns pg with its DSN on the database dtx_bench2 of the
+// same cluster, created if absent; pg itself when the DSN is not a URL or
+// the database cannot be created (the branches then share the test database,
+// in tables of their own).
+func benchSecondPG(b *testing.B, pg server) server {
+	u, err := url.Parse(pg.dsn)
+	if err != nil || (u.Scheme != "postgres" && u.Scheme != "postgresql") {
+		b.Logf("pgpg: DSN is not a URL; both branches on one database")
+		return pg
+	}
+	admin := *u
+	admin.Path = "/postgres"
+	db, err := sql.Open(pg.raw, admin.String())
+	if err != nil {
+		return pg
+	}
+	defer db.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	var n int
+	err = db.QueryRowContext(ctx, "SELECT count(*) FROM pg_database WHERE datname = 'dtx_bench2'").Scan(&n)
+	if err == nil && n == 0 {
+		_, err = db.ExecContext(ctx, "CREATE DATABASE dtx_bench2")
+		var pe *pq.Error
+		if errors.As(err, &pe) && pe.Code == "42P04" { // created meanwhile
+			err = nil
+		}
+	}
+	if err != nil {
+		b.Logf("pgpg: cannot create database dtx_bench2 (%v); both branches on one database", err)
+		return pg
+	}
+	second := *u
+	second.Path = "/dtx_bench2"
+	s := pg
+	s.dsn = second.String()
+	need(b, s)
+	return s
+}
+
+// benchGlobalImpl runs one impl: its tables, coordinator and log are made
+// here, untimed, for every b.N.
+func benchGlobalImpl(b *testing.B, res []*globalRes, nb, conc int, impl string) {
+	ctx := context.Background()
+	var op func(n int64) error
+	var syncs func() int64
+
+	branches := func(n int) []globalBranch {
+		out := make([]globalBranch, n)
+		for i := range out {
+			r := res[i%len(res)]
+			out[i] = globalBranch{res: r, ins: benchInsertSQL(r.s, table(b, r.s, r.db, benchCols))}
+		}
+		return out
+	}
+	// leftovers rolls back, when b ends, whatever a failed run left
+	// prepared under prefix in any of the databases (tables are dropped
+	// after, pools closed last).
+	leftovers := func(prefix string) {
+		b.Cleanup(func() {
+			for _, r := range res {
+				rollbackLeftovers(b, r.s, prefix)
+			}
+		})
+	}
+
+	switch {
+	case impl == "coord" || impl == "coord-sqllog":
+		bs := branches(nb)
+		var log dtx.Log
+		if impl == "coord" {
+			dir := b.TempDir()
+			if d := os.Getenv("DTX_BENCH_LOGDIR"); d != "" { // /tmp on tmpfs would make fsyncs free
+				var err error
+				if dir, err = os.MkdirTemp(d, "dtxbench"); err != nil {
+					b.Fatal(err)
+				}
+				b.Cleanup(func() { os.RemoveAll(dir) })
+			}
+			fl, err := dtx.OpenFileLog(dir)
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.Cleanup(func() { fl.Close() })
+			log, syncs = fl, fl.Syncs
+		} else {
+			pg := res[0]
+			tbl := "dtx_bench_log_" + token()
+			sl, err := dtx.OpenSQLLog(ctx, pg.db, tbl)
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.Cleanup(func() { drop(b, pg.s, tbl) })
+			log = sl
+		}
+		resources := map[string]*sql.DB{}
+		for _, r := range res {
+			resources[r.name] = r.db
+		}
+		node := "b" + token()
+		c, err := dtx.NewCoordinator(dtx.CoordinatorOptions{Log: log, Resources: resources, Node: node, RecoverInterval: -1})
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { c.Close() })
+		leftovers("g." + node + ".")
+		op = func(n int64) error {
+			return c.Do(ctx, func(ctx context.Context, g *dtx.Global) error {
+				for _, br := range bs {
+					tx, err := g.Begin(ctx, br.res.name, nil)
+					if err != nil {
+						return err
+					}
+					if _, err := tx.ExecContext(ctx, br.ins, n, "v"); err != nil {
+						return err
+					}
+				}
+				return nil
+			})
+		}
+
+	case impl == "seq":
+		bs := branches(nb)
+		prefix := "n" + token() + "_"
+		leftovers(prefix)
+		op = func(n int64) error {
+			names := make([]string, len(bs))
+			txs := make([]*sql.Tx, 0, len(bs))
+			rollback := func() {
+				for _, tx := range txs {
+					tx.Rollback()
+				}
+			}
+			for i, br := range bs {
+				names[i] = prefix + strconv.FormatInt(n, 10) + "_" + strconv.Itoa(i)
+				tx, err := br.res.db.BeginTx(dtx.WithName(ctx, names[i]), nil)
+				if err != nil {
+					rollback()
+					return err
+				}
+				txs = append(txs, tx)
+				if _, err := tx.ExecContext(ctx, br.ins, n, "v"); err != nil {
+					rollback()
+					return err
+				}
+			}
+			for i, tx := range txs {
+				if err := tx.Commit(); err != nil { // prepare
+					for _, tx := range txs[i+1:] {
+						tx.Rollback()
+					}
+					return err // leftovers rolls back the prepared ones
+				}
+			}
+			for _, name := range names {
+				if err := dtx.CommitDistributed(ctx, name); err != nil {
+					return err
+				}
+			}
+			return nil
+		}
+
+	default: // single-pg, single-my
+		i := slices.IndexFunc(res, func(r *globalRes) bool { return "single-"+benchKind(r.s) == impl })
+		r := res[i]
+		ins := benchInsertSQL(r.s, table(b, r.s, r.db, benchCols))
+		prefix := "n" + token() + "_"
+		leftovers(prefix)
+		op = func(n int64) error {
+			name := prefix + strconv.FormatInt(n, 10)
+			err := dtx.BeginDistributed(ctx, r.db, name, func(tx *sql.Tx) error {
+				_, err := tx.ExecContext(ctx, ins, n, "v")
+				return err
+			})
+			if err != nil {
+				return err
+			}
+			return dtx.CommitDistributed(ctx, name)
+		}
+	}
+
+	var before int64
+	benchRunGlobals(b, conc, op, func() {
+		if syncs != nil {
+			before = syncs()
+		}
+	}, func() {
+		if syncs != nil {
+			b.ReportMetric(float64(syncs()-before)/float64(b.N), "fsyncs/op")
+		}
+	})
+}
+
+// benchRunGlobals runs b.N calls of op from conc goroutines, after an untimed
+// warm-up like benchRunCycles'; start runs just before the timer starts and
+// stop just after it stops. It reports allocs, tx/s and the p50 and p99 of
+// the latency of one call.
+func benchRunGlobals(b *testing.B, conc int, op func(n int64) error, start, stop func()) {
+	var seq atomic.Int64 // numbers every call, warm-up included
+	run := func(total int64, lat []time.Duration) error {
+		var left atomic.Int64
+		left.Store(total)
+		var (
+			wg    sync.WaitGroup
+			mu    sync.Mutex
+			first error
+		)
+		for range conc {
+			wg.Go(func() {
+				for {
+					i := left.Add(-1)
+					if i < 0 {
+						return
+					}
+					t0 := time.Now()
+					if err := op(seq.Add(1)); err != nil {
+						left.Store(-1 << 62) // the others stop too
+						mu.Lock()
+						if first == nil {
+							first = err
+						}
+						mu.Unlock()
+						return
+					}
+					if lat != nil {
+						lat[i] = time.Since(t0)
+					}
+				}
+			})
+		}
+		wg.Wait()
+		return first
+	}
+	t0 := time.Now()
+	for rounds := 0; rounds < 2 || time.Since(t0) < benchWarmFor; rounds++ {
+		if err := run(int64(conc), nil); err != nil {
+			b.Fatalf("warm-up: %v", err)
+		}
+	}
+	lat := make([]time.Duration, b.N)
+	start()
+	b.ReportAllocs()
+	b.ResetTimer()
+	err := run(int64(b.N), lat)
+	b.StopTimer()
+	if err != nil {
+		b.Fatal(err)
+	}
+	stop()
+	if sec := b.Elapsed().Seconds(); sec > 0 {
+		b.ReportMetric(float64(b.N)/sec, "tx/s")
+	}
+	slices.Sort(lat)
+	pct := func(p float64) float64 {
+		return float64(lat[min(len(lat)-1, int(p*float64(len(lat))))]) / 1e6
+	}
+	b.ReportMetric(pct(0.50), "p50-ms")
+	b.ReportMetric(pct(0.99), "p99-ms")
+}
