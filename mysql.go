@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/go-sql-driver/mysql"
@@ -172,36 +173,39 @@ func (mysqlDialect) finishHeld(ctx context.Context, s driver.Conn, name string, 
 	return nil
 }
 
-// finish is phase two from another session, for a branch whose session is
-// gone. MariaDB has a race there: a commit that arrives right after the
-// preparing session closed can answer OK and leave the branch prepared and
-// orphaned. So finish waits grace after the disconnect (or, when dtx did not
-// see it, after it found the branch detached and no session still
-// detaching), and afterwards checks that no new orphan appeared; if one did,
-// the outcome is reported unknown, never done.
+// finish is phase two from another session, for a branch whose preparing
+// session is gone or unknown. MariaDB has a race there: a commit that
+// arrives right after the preparing session closed can answer OK and leave
+// the branch prepared and orphaned (seen at up to 1 in 100; never with the
+// commit 20 ms or more after the disconnect). So finish waits grace after
+// the disconnect when dtx made it, and otherwise grace after this process
+// first saw the branch in XA RECOVER: a branch of a process that died before
+// that is then safe to finish; one still bound to a live session answers
+// 1397 (ErrNameHeld) and nothing happens.
+//
+// An earlier version checked information_schema.innodb_trx after the
+// commit for a new orphan. That table is a cache MariaDB refreshes only
+// after 100 ms without readers, and it counts server-wide: the check
+// reported correct commits as unknown. See docs/two-phase.md.
 func (mysqlDialect) finish(ctx context.Context, db *sql.DB, name string, commit bool, detached time.Time, grace time.Duration) error {
 	cn, err := db.Conn(ctx)
 	if err != nil {
 		return err
 	}
 	defer cn.Close()
-	listed, err := xaListed(ctx, cn, name)
-	if err != nil {
+	if _, err := xaRecover(ctx, db, cn); err != nil {
 		return err
 	}
+	first, listed := xaSeen.get(db, name)
 	if !listed {
 		return fmt.Errorf("%w: %q is not in XA RECOVER", ErrUnknownName, name)
 	}
-	if detached.IsZero() {
-		if err := waitDetached(ctx, cn); err != nil {
-			return err
-		}
-		detached = time.Now()
+	if first.After(detached) {
+		detached = first
 	}
 	if err := sleepCtx(ctx, time.Until(detached.Add(grace))); err != nil {
 		return err
 	}
-	before, canCheck := orphans(ctx, cn)
 	q := "XA ROLLBACK " + xid(name)
 	if commit {
 		q = "XA COMMIT " + xid(name)
@@ -209,9 +213,12 @@ func (mysqlDialect) finish(ctx context.Context, db *sql.DB, name string, commit 
 	_, err = cn.ExecContext(ctx, q)
 	switch n := myErrno(err); {
 	case err == nil:
+		xaSeen.forget(db, name)
+		return nil
 	case n == erXAERNota:
 		return fmt.Errorf("%w: %q is prepared but bound to a session that is still open; finish it there or after it ends: %w", ErrNameHeld, name, err)
 	case n == erXARBRollback:
+		xaSeen.forget(db, name)
 		if commit {
 			return fmt.Errorf("%w: %q was read-only or empty and the server has already discarded it: %w", ErrNotPrepared, name, err)
 		}
@@ -221,17 +228,51 @@ func (mysqlDialect) finish(ctx context.Context, db *sql.DB, name string, commit 
 	default:
 		return fmt.Errorf("dtx: %s: %w", q, err)
 	}
-	if canCheck {
-		if after, ok := orphans(ctx, cn); ok && after > before {
-			return fmt.Errorf("%w: MariaDB answered OK to %s but a detached prepared transaction that XA RECOVER no longer lists appeared; the branch may still be prepared (it reappears in XA RECOVER after a server restart)", ErrOutcomeUnknown, q)
+}
+
+// xaSeen remembers, per *sql.DB, when this process first saw each xid in
+// XA RECOVER, for finish's grace. Each listing drops the names it no longer
+// shows, so a name prepared again later counts from its new sighting.
+var xaSeen = &seenSet{at: map[*sql.DB]map[string]time.Time{}}
+
+type seenSet struct {
+	mu sync.Mutex
+	at map[*sql.DB]map[string]time.Time
+}
+
+// update records the names XA RECOVER listed now on db and drops the others.
+func (s *seenSet) update(db *sql.DB, names []string) {
+	now := time.Now()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	old := s.at[db]
+	keep := make(map[string]time.Time, len(names))
+	for _, n := range names {
+		if t, ok := old[n]; ok {
+			keep[n] = t
+		} else {
+			keep[n] = now
 		}
 	}
-	return nil
+	s.at[db] = keep
+}
+
+func (s *seenSet) get(db *sql.DB, name string) (time.Time, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	t, ok := s.at[db][name]
+	return t, ok
+}
+
+func (s *seenSet) forget(db *sql.DB, name string) {
+	s.mu.Lock()
+	delete(s.at[db], name)
+	s.mu.Unlock()
 }
 
 // xaRecover lists the xids with formatID 1 and an empty bqual: the ones a
-// name can address.
-func xaRecover(ctx context.Context, q interface {
+// name can address. db keys the sightings finish waits on.
+func xaRecover(ctx context.Context, db *sql.DB, q interface {
 	QueryContext(context.Context, string, ...any) (*sql.Rows, error)
 }) ([]Prepared, error) {
 	rows, err := q.QueryContext(ctx, "XA RECOVER")
@@ -250,58 +291,17 @@ func xaRecover(ctx context.Context, q interface {
 			out = append(out, Prepared{Name: string(data[:glen])})
 		}
 	}
-	return out, rows.Err()
-}
-
-func xaListed(ctx context.Context, cn *sql.Conn, name string) (bool, error) {
-	ps, err := xaRecover(ctx, cn)
-	for _, p := range ps {
-		if p.Name == name {
-			return true, nil
-		}
+	if err := rows.Err(); err != nil {
+		return nil, err
 	}
-	return false, err
-}
-
-// waitDetached waits until no session that has left the server still holds
-// a transaction: the window where a disconnect is still detaching a branch.
-// Without the PROCESS privilege it cannot look and returns at once.
-func waitDetached(ctx context.Context, cn *sql.Conn) error {
-	for {
-		var n int
-		err := cn.QueryRowContext(ctx, `SELECT COUNT(*) FROM information_schema.innodb_trx
-			WHERE trx_mysql_thread_id <> 0
-			AND trx_mysql_thread_id NOT IN (SELECT id FROM information_schema.processlist)`).Scan(&n)
-		if err != nil || n == 0 {
-			return ctx.Err()
-		}
-		if err := sleepCtx(ctx, 10*time.Millisecond); err != nil {
-			return err
-		}
+	names := make([]string, len(out))
+	for i, p := range out {
+		names[i] = p.Name
 	}
-}
-
-// orphans counts detached transactions that XA RECOVER does not list: InnoDB
-// shows a detached prepared branch with thread id 0, and every such branch is
-// listed unless the race above orphaned it. XA RECOVER is read first, so a
-// branch committed or detached between the two reads is not miscounted.
-func orphans(ctx context.Context, cn *sql.Conn) (int, bool) {
-	rows, err := cn.QueryContext(ctx, "XA RECOVER")
-	if err != nil {
-		return 0, false
-	}
-	listed := 0
-	for rows.Next() {
-		listed++
-	}
-	rows.Close()
-	var detached int
-	if err := cn.QueryRowContext(ctx, "SELECT COUNT(*) FROM information_schema.innodb_trx WHERE trx_mysql_thread_id = 0").Scan(&detached); err != nil {
-		return 0, false
-	}
-	return detached - listed, true
+	xaSeen.update(db, names)
+	return out, nil
 }
 
 func (mysqlDialect) list(ctx context.Context, db *sql.DB) ([]Prepared, error) {
-	return xaRecover(ctx, db)
+	return xaRecover(ctx, db, db)
 }
