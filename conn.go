@@ -220,28 +220,60 @@ func beginLegacy(ctx context.Context, parent driver.Conn, opts driver.TxOptions)
 }
 
 // ExecContext implements driver.ExecerContext. Without the parent's
-// ExecerContext it returns driver.ErrSkip, so database/sql prepares instead,
+// ExecerContext it uses the parent's deprecated Execer, as database/sql does;
+// without either it returns driver.ErrSkip, so database/sql prepares instead,
 // exactly as it would on the parent.
 func (c *conn) ExecContext(ctx context.Context, query string, args []driver.NamedValue) (driver.Result, error) {
 	if err := c.attach(ctx); err != nil {
 		return nil, err
 	}
-	if e, ok := c.parent.(driver.ExecerContext); ok {
+	switch e := c.parent.(type) {
+	case driver.ExecerContext:
 		return e.ExecContext(ctx, query, args)
+	case driver.Execer: //nolint:staticcheck // database/sql's fallback for drivers without ExecerContext
+		vs, err := legacyArgs(ctx, args)
+		if err != nil {
+			return nil, err
+		}
+		return e.Exec(query, vs)
 	}
 	return nil, driver.ErrSkip
 }
 
 // QueryContext implements driver.QueryerContext and returns the parent's Rows.
-// Without the parent's QueryerContext it returns driver.ErrSkip.
+// Without the parent's QueryerContext it uses the parent's deprecated Queryer,
+// as database/sql does; without either it returns driver.ErrSkip.
 func (c *conn) QueryContext(ctx context.Context, query string, args []driver.NamedValue) (driver.Rows, error) {
 	if err := c.attach(ctx); err != nil {
 		return nil, err
 	}
-	if q, ok := c.parent.(driver.QueryerContext); ok {
+	switch q := c.parent.(type) {
+	case driver.QueryerContext:
 		return q.QueryContext(ctx, query, args)
+	case driver.Queryer: //nolint:staticcheck // database/sql's fallback for drivers without QueryerContext
+		vs, err := legacyArgs(ctx, args)
+		if err != nil {
+			return nil, err
+		}
+		return q.Query(query, vs)
 	}
 	return nil, driver.ErrSkip
+}
+
+// legacyArgs is what database/sql does before calling a deprecated Execer or
+// Queryer: refuse named arguments, and give up if ctx has ended.
+func legacyArgs(ctx context.Context, args []driver.NamedValue) ([]driver.Value, error) {
+	vs := make([]driver.Value, len(args))
+	for i, a := range args {
+		if a.Name != "" {
+			return nil, errors.New("sql: driver does not support the use of Named Parameters")
+		}
+		vs[i] = a.Value
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	return vs, nil
 }
 
 // CheckNamedValue implements driver.NamedValueChecker. Without the parent's

@@ -75,15 +75,23 @@ func (c *connector) Close() error {
 	c.mu.Unlock()
 	c.releaseAll()
 	var errs []error
+	add := func(err error) {
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
 	for _, s := range spares {
-		errs = append(errs, s.Close())
+		add(s.Close())
 	}
 	c.ownOnce.Do(func() {}) // no pool of our own from now on
 	if c.own != nil {
-		errs = append(errs, c.own.Close())
+		add(c.own.Close())
 	}
 	if cl, ok := c.parent.(io.Closer); ok {
-		errs = append(errs, cl.Close())
+		add(cl.Close())
+	}
+	if len(errs) == 1 {
+		return errs[0] // the parent's own error, as it is
 	}
 	return errors.Join(errs...)
 }

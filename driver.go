@@ -68,9 +68,17 @@ func Register(name string, parent driver.Driver, d Dialect, opts ...Option) {
 
 // sameDriver reports whether a and b are the same parent driver, without
 // panicking on driver types that cannot be compared.
+// Pointers to a zero-size type (&pq.Driver{}, &mysql.MySQLDriver{}) are the
+// same driver whatever their address, which Go does not pin down.
 func sameDriver(a, b driver.Driver) bool {
 	ta, tb := reflect.TypeOf(a), reflect.TypeOf(b)
-	return ta == tb && ta.Comparable() && a == b
+	if ta != tb {
+		return false
+	}
+	if ta.Kind() == reflect.Pointer && ta.Elem().Size() == 0 {
+		return true
+	}
+	return ta.Comparable() && a == b
 }
 
 // Open implements driver.Driver. database/sql calls it only for drivers
