@@ -5,7 +5,9 @@ import (
 	"database/sql"
 	"database/sql/driver"
 	"fmt"
+	"reflect"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -62,8 +64,19 @@ func (postgresDialect) prepare(ctx context.Context, c *conn, name string) (drive
 	return nil, nil
 }
 
-// pgTagged reports whether the driver behind dc reports command tags.
-func pgTagged(dc driver.Conn) bool { return strings.HasPrefix(fmt.Sprintf("%T", dc), "*pq.") }
+// pgTagged reports whether the driver behind dc reports command tags: lib/pq
+// does. The answer is kept per connection type.
+func pgTagged(dc driver.Conn) bool {
+	t := reflect.TypeOf(dc)
+	if v, ok := taggedTypes.Load(t); ok {
+		return v.(bool)
+	}
+	tagged := strings.HasPrefix(t.String(), "*pq.")
+	taggedTypes.Store(t, tagged)
+	return tagged
+}
+
+var taggedTypes sync.Map // reflect.Type -> bool
 
 // pgNotAborted makes sure, for a driver without command tags, that the
 // transaction is not aborted; if it is, it rolls it back.
