@@ -303,8 +303,9 @@ func (c *conn) resetSession(ctx context.Context) error {
 		if err := c.attach(ctx); err != nil {
 			return driver.ErrBadConn
 		}
-		return nil
 	}
+	// A spare session just attached is checked too: a stale one makes
+	// database/sql close c, and with it the session.
 	return c.parent.(driver.SessionResetter).ResetSession(ctx)
 }
 

@@ -146,6 +146,13 @@ func (c *connector) pool() *sql.DB {
 		c.own = sql.OpenDB(noClose{c.parent})
 		c.own.SetMaxIdleConns(32)
 	})
+	if c.own == nil {
+		// Closed before a pool was needed: a closed pool answers every
+		// call with sql's "database is closed".
+		db := sql.OpenDB(noClose{c.parent})
+		db.Close()
+		return db
+	}
 	return c.own
 }
 

@@ -176,7 +176,7 @@ func drop(t testing.TB, s server, name string) {
 	if s.kind == "postgres" {
 		c.ExecContext(ctx, "SET lock_timeout = '5s'")
 	} else {
-		c.ExecContext(ctx, "SET SESSION lock_wait_timeout = 5")
+		c.ExecContext(ctx, "SET SESSION lock_wait_timeout = 5, innodb_lock_wait_timeout = 5")
 	}
 	if _, err := c.ExecContext(ctx, "DROP TABLE IF EXISTS "+name); err != nil {
 		t.Logf("cleanup: drop %s: %v", name, err)

@@ -216,6 +216,9 @@ func (mysqlDialect) finish(ctx context.Context, db *sql.DB, name string, commit 
 		xaSeen.forget(db, name)
 		return nil
 	case n == erXAERNota:
+		// Still bound to a live session: the grace counts again from now,
+		// the latest moment it is known attached.
+		xaSeen.reset(db, name)
 		return fmt.Errorf("%w: %q is prepared but bound to a session that is still open; finish it there or after it ends: %w", ErrNameHeld, name, err)
 	case n == erXARBRollback:
 		xaSeen.forget(db, name)
@@ -262,6 +265,14 @@ func (s *seenSet) get(db *sql.DB, name string) (time.Time, bool) {
 	defer s.mu.Unlock()
 	t, ok := s.at[db][name]
 	return t, ok
+}
+
+func (s *seenSet) reset(db *sql.DB, name string) {
+	s.mu.Lock()
+	if m := s.at[db]; m != nil {
+		m[name] = time.Now()
+	}
+	s.mu.Unlock()
 }
 
 func (s *seenSet) forget(db *sql.DB, name string) {

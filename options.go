@@ -42,10 +42,12 @@ func WithHoldTimeout(d time.Duration) Option {
 	}
 }
 
-// WithDetachGrace sets how long dtx waits after a MariaDB/MySQL prepared
-// session was closed before it finishes that branch from another session
-// (default 1s). MariaDB can report such a commit as done while the branch
-// stays prepared when it comes right after the disconnect; see
+// WithDetachGrace sets how long dtx waits before it finishes a MariaDB/MySQL
+// branch from a session other than the one that prepared it (default 1s):
+// after dtx closed the preparing session itself, or else after this process
+// first saw the branch in XA RECOVER (again after each answer that a live
+// session still holds it). MariaDB can report such a commit as done while
+// the branch stays prepared when it comes right after the disconnect; see
 // docs/two-phase.md.
 func WithDetachGrace(d time.Duration) Option {
 	return func(o *options) {
