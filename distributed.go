@@ -21,6 +21,13 @@ func BeginDistributed(ctx context.Context, db *sql.DB, name string, fn func(tx *
 	if _, err := driverOf(db); err != nil {
 		return err
 	}
+	// A name this process holds is refused before a connection is taken:
+	// the transaction holding it may own the pool's last connection, and
+	// BeginTx would wait for that until ctx ended instead of answering
+	// ErrNameInUse. reserve checks again, atomically, once BeginTx runs.
+	if reg.inUse(name) {
+		return fmt.Errorf("%w: %q is active or prepared in this process", ErrNameInUse, name)
+	}
 	tx, err := db.BeginTx(withDB(WithName(ctx, name), db), nil)
 	if err != nil {
 		return err

@@ -74,6 +74,15 @@ func (r *registry) reserve(name string, c *connector) (*entry, error) {
 	return e, nil
 }
 
+// inUse reports whether name is active or prepared in this process, as
+// reserve would refuse it.
+func (r *registry) inUse(name string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	e, ok := r.names[name]
+	return ok && e.state <= stUncertain
+}
+
 func (r *registry) lookup(name string) *entry {
 	r.mu.Lock()
 	defer r.mu.Unlock()
