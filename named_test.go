@@ -810,6 +810,35 @@ func TestNamedRetrySafeFinish(t *testing.T) {
 	})
 }
 
+// A name this process finished is remembered for retry-safety, but memory
+// must not answer for it once another process has prepared it again: that
+// new transaction is found in the database and finished.
+func TestNamedReusedName(t *testing.T) {
+	eachServer(t, func(t *testing.T, s server) {
+		db := open(t, s, s.wrapped)
+		raw := open(t, s, s.raw)
+		tbl := table(t, s, db, "id INT PRIMARY KEY")
+		name := names(t, s) + "reuse"
+		ctx := ntCtx(t)
+
+		ntRawPrepare(t, s, name, tbl, 10)
+		ntOK(t, "CommitDistributed (first)", dtx.CommitDistributed(ctx, name))
+		ntMustRow(t, raw, tbl, 10, true)
+		ntOK(t, "CommitDistributed (retry)", dtx.CommitDistributed(ctx, name))
+
+		ntRawPrepare(t, s, name, tbl, 11)
+		ntOK(t, "CommitDistributed (prepared again)", dtx.CommitDistributed(ctx, name))
+		ntMustRow(t, raw, tbl, 11, true)
+		ntMustList(t, db, name, false)
+
+		ntRawPrepare(t, s, name, tbl, 12)
+		ntOK(t, "RollbackDistributed (prepared a third time)", dtx.RollbackDistributed(ctx, name))
+		ntMustRow(t, raw, tbl, 12, false)
+		ntMustList(t, db, name, false)
+		ntIs(t, "CommitDistributed after that rollback", dtx.CommitDistributed(ctx, name), dtx.ErrAlreadyFinished)
+	})
+}
+
 // ---- 8. Interoperability with transactions prepared by hand ----
 
 func TestNamedInterop(t *testing.T) {

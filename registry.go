@@ -165,11 +165,23 @@ func (r *registry) finish(ctx context.Context, name string, commit bool) error {
 	switch st := r.getState(e); {
 	case st == stActive:
 		return fmt.Errorf("%w: %q is still running; commit its transaction first", ErrNotPrepared, name)
-	case st == stCommitted && commit, st == stRolledBack && !commit:
-		return nil
-	case st == stCommitted:
-		return fmt.Errorf("%w: %q was committed", ErrAlreadyFinished, name)
-	case st == stRolledBack:
+	case st >= stCommitted:
+		// Finished here before. If a database has the name prepared
+		// again (another process reused it), that one is finished;
+		// otherwise memory answers, so that a retry is safe.
+		c, err := r.locate(ctx, name)
+		if c != nil {
+			return r.finishAt(ctx, c, name, commit)
+		}
+		if err != nil {
+			return err
+		}
+		switch {
+		case st == stCommitted && commit, st == stRolledBack && !commit:
+			return nil
+		case st == stCommitted:
+			return fmt.Errorf("%w: %q was committed", ErrAlreadyFinished, name)
+		}
 		return fmt.Errorf("%w: %q was rolled back", ErrAlreadyFinished, name)
 	}
 	err := e.c.phaseTwo(ctx, e, commit)
@@ -196,6 +208,19 @@ func finalState(commit bool) state {
 // another process prepared it) in the database where it is prepared, among
 // all those opened through dtx in this process.
 func (r *registry) search(ctx context.Context, name string, commit bool) error {
+	c, err := r.locate(ctx, name)
+	if c == nil {
+		if err != nil {
+			return fmt.Errorf("dtx: %q is not prepared in any database that could be searched: %w", name, err)
+		}
+		return fmt.Errorf("%w: %q is not prepared in any database opened through dtx in this process", ErrUnknownName, name)
+	}
+	return r.finishAt(ctx, c, name, commit)
+}
+
+// locate returns the connector of a database where name is prepared, or
+// nil and the errors of the databases it could not list.
+func (r *registry) locate(ctx context.Context, name string) (*connector, error) {
 	r.mu.Lock()
 	cs := make([]*connector, 0, len(r.connectors))
 	for c := range r.connectors {
@@ -210,20 +235,21 @@ func (r *registry) search(ctx context.Context, name string, commit bool) error {
 			continue
 		}
 		for _, p := range ps {
-			if p.Name != name {
-				continue
+			if p.Name == name {
+				return c, nil
 			}
-			if err := c.dialect().finish(ctx, c.pool(), name, commit, time.Time{}, c.opts.detachGrace); err != nil {
-				return err
-			}
-			r.remember(name, c, commit)
-			return nil
 		}
 	}
-	if len(errs) > 0 {
-		return fmt.Errorf("dtx: %q is not prepared in any database that could be searched: %w", name, errors.Join(errs...))
+	return nil, errors.Join(errs...)
+}
+
+// finishAt finishes name, prepared in c's database, from another session.
+func (r *registry) finishAt(ctx context.Context, c *connector, name string, commit bool) error {
+	if err := c.dialect().finish(ctx, c.pool(), name, commit, time.Time{}, c.opts.detachGrace); err != nil {
+		return err
 	}
-	return fmt.Errorf("%w: %q is not prepared in any database opened through dtx in this process", ErrUnknownName, name)
+	r.remember(name, c, commit)
+	return nil
 }
 
 // remember records a name finished outside a transaction of this process.

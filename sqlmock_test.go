@@ -183,6 +183,12 @@ func TestSqlmockPostgresNamedCommit(t *testing.T) {
 	m.exec("SELECT 1")
 	m.mock.ExpectQuery("PREPARE TRANSACTION 'sqlmock-pg-commit'").WillReturnRows(sqlmock.NewRows(nil))
 	m.exec("COMMIT PREPARED 'sqlmock-pg-commit'")
+	// Each later finish of the finished name first looks whether a
+	// database has it prepared again; none has.
+	for range 2 {
+		m.mock.ExpectQuery("SELECT gid, prepared, owner, database FROM pg_prepared_xacts WHERE database = current_database() ORDER BY prepared, gid").
+			WillReturnRows(sqlmock.NewRows([]string{"gid", "prepared", "owner", "database"}))
+	}
 
 	tx := beginNamed(t, m.db, name, nil)
 	insert(t, tx)
@@ -193,7 +199,7 @@ func TestSqlmockPostgresNamedCommit(t *testing.T) {
 	if err := dtx.CommitDistributed(ctx, name); err != nil {
 		t.Fatalf("CommitDistributed: %v", err)
 	}
-	// A retry answers nil from the registry, without SQL.
+	// A retry answers nil from the registry, once no database has the name.
 	if err := dtx.CommitDistributed(ctx, name); err != nil {
 		t.Fatalf("CommitDistributed again: %v", err)
 	}
@@ -431,9 +437,6 @@ func TestSqlmockMySQLNamedCommit(t *testing.T) {
 	if err := dtx.CommitDistributed(ctx, name); err != nil {
 		t.Fatalf("CommitDistributed: %v", err)
 	}
-	if err := dtx.CommitDistributed(ctx, name); err != nil {
-		t.Fatalf("CommitDistributed again: %v", err)
-	}
 	// The pool's connection lost its session to the prepared branch; it
 	// gets the held one back after the commit instead of a new connect.
 	if _, err := m.db.Exec("INSERT INTO t VALUES (2)"); err != nil {
@@ -441,6 +444,12 @@ func TestSqlmockMySQLNamedCommit(t *testing.T) {
 	}
 	if n := m.connects.Load(); n != 1 {
 		t.Errorf("%d sessions opened, want 1", n)
+	}
+	// A retry looks whether a database has the name prepared again; none
+	// has, so the registry answers nil.
+	m.mock.ExpectQuery("XA RECOVER").WillReturnRows(sqlmock.NewRows([]string{"formatID", "gtrid_length", "bqual_length", "data"}))
+	if err := dtx.CommitDistributed(ctx, name); err != nil {
+		t.Fatalf("CommitDistributed again: %v", err)
 	}
 	m.met(t)
 }
