@@ -28,9 +28,10 @@ var (
 	// after that session has ended.
 	ErrNameHeld = errors.New("dtx: prepared branch is held by another live session")
 	// ErrOutcomeUnknown: the server was asked to prepare or finish but dtx
-	// could not learn whether it did (a lost connection, or a MariaDB
-	// answer that its own state contradicts). Nothing is reported as done;
-	// list the database's prepared transactions to decide.
+	// could not learn whether it did (a lost connection; or a name no
+	// longer prepared after an earlier attempt whose outcome was unknown).
+	// Nothing is reported as done; list the database's prepared
+	// transactions to decide.
 	ErrOutcomeUnknown = errors.New("dtx: outcome unknown")
 	// ErrRolledBack: a one-phase commit (a global with a single branch) was
 	// refused and the transaction rolled back.
