@@ -1,7 +1,8 @@
 // Command demo shows dtx's two-phase flow on the local PostgreSQL and MariaDB:
 // stage a change, check an outside system, then commit or roll back by name;
-// and decide, in a restarted process, about a transaction that a crashed
-// process left prepared.
+// decide, in a restarted process, about a transaction that a crashed process
+// left prepared; and move money between PostgreSQL and MariaDB in one global
+// transaction, with a crash after the commit decision that recovery completes.
 //
 //	go run ./examples/demo      (or: make demo)
 //
@@ -61,6 +62,10 @@ func main() {
 		child(kind, os.Getenv(childTable), os.Getenv(childName))
 		return
 	}
+	if dir := os.Getenv(transferChildDir); dir != "" {
+		transferChild(dir, os.Getenv(transferChildNode), os.Getenv(transferChildTable))
+		return
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	if err := run(ctx); err != nil {
@@ -118,6 +123,9 @@ func run(ctx context.Context) error {
 		if err := d.decideAfterCrash(ctx); err != nil {
 			return fmt.Errorf("%s, crash and restart: %w", d.title, err)
 		}
+	}
+	if err := runTransfer(ctx, run); err != nil {
+		return fmt.Errorf("coordinator transfer: %w", err)
 	}
 	return nil
 }
