@@ -25,3 +25,9 @@ demo: devdb
 # docs/performance.md (BENCHCOUNT, BENCHOUT, BENCHFLAGS; GOMAXPROCS=1 variant).
 bench: devdb
 	GO='$(GO)' bash scripts/bench.sh
+
+# Crash recovery: SIGKILL at every protocol step and at random, then recover
+# and check; see docs/reliability.md. DTX_CRASH_TRIALS=50 make crash for fewer.
+DTX_CRASH_TRIALS ?= 1000
+crash: devdb
+	DTX_CRASH_TRIALS=$(DTX_CRASH_TRIALS) $(GO) test -run '^TestCrash$$' -count=1 -timeout 120m -v .

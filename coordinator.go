@@ -491,6 +491,12 @@ func (e *HeuristicError) Unwrap() error        { return e.Err }
 // older than the grace, and left alone otherwise; a decision whose branches
 // are all finished is forgotten. Globals in flight in this coordinator are
 // never touched. Safe to run at any time and concurrently.
+//
+// Branches are finished in parallel (at most recoverParallel at a time): a
+// MariaDB branch whose session is gone waits out the detach grace (1s by
+// default) before it is finished, and one after the other that made
+// recovery after a crash with many branches prepared take that many
+// seconds while their rows stayed locked.
 func (c *Coordinator) Recover(ctx context.Context) (RecoveryReport, error) {
 	c.recoverMu.Lock()
 	defer c.recoverMu.Unlock()
@@ -506,6 +512,13 @@ func (c *Coordinator) Recover(ctx context.Context) (RecoveryReport, error) {
 	open := map[string]bool{} // globals with a branch still prepared or unreachable
 	seen := map[string]bool{}
 	var errs []error
+	type job struct {
+		resource string
+		name     string
+		global   string
+		commit   bool
+	}
+	var jobs, undecided []job
 	resources := make([]string, 0, len(c.resources))
 	for r := range c.resources {
 		resources = append(resources, r)
@@ -527,37 +540,85 @@ func (c *Coordinator) Recover(ctx context.Context) (RecoveryReport, error) {
 				continue
 			}
 			seen[p.Name] = true
-			c.mu.Lock()
-			inFlight := c.active[global]
-			c.mu.Unlock()
-			if inFlight {
+			if c.inFlight(global) {
+				// Its Do may still return with this branch pending
+				// (PendingError) before this pass ends: keep its decision.
+				// Without this the pass forgot the decision of a global
+				// whose branch it saw prepared, and the next pass rolled
+				// that branch back while the others were committed.
+				open[global] = true
 				continue
 			}
 			if _, ok := decided[global]; ok {
-				if err := CommitPrepared(ctx, db, p.Name); err != nil && !errors.Is(err, ErrUnknownName) {
-					errs = append(errs, fmt.Errorf("dtx: recover: commit %s: %w", p.Name, err))
-					open[global] = true
-					continue
-				}
-				rep.Committed = append(rep.Committed, p.Name)
+				jobs = append(jobs, job{r, p.Name, global, true})
 				continue
 			}
 			if at, ok := globalTime(global); ok && time.Since(at) < c.grace {
 				rep.Waiting = append(rep.Waiting, p.Name)
 				continue
 			}
-			if err := RollbackPrepared(ctx, db, p.Name); err != nil && !errors.Is(err, ErrUnknownName) {
-				errs = append(errs, fmt.Errorf("dtx: recover: roll back %s: %w", p.Name, err))
-				continue
-			}
-			rep.RolledBack = append(rep.RolledBack, p.Name)
+			undecided = append(undecided, job{r, p.Name, global, false})
 		}
 	}
+	if len(undecided) > 0 {
+		// Read the log again before rolling anything back. The first read
+		// may predate the decision of a global that was still in flight
+		// then and has since returned with a branch pending: its decision
+		// was written while it was in flight, so before the in-flight check
+		// above, so before this read. Rolling that branch back on the
+		// strength of the first read alone broke atomicity.
+		again, err := c.log.Pending(ctx, c.node)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("dtx: recover: reading the log: %w", err))
+			undecided = nil // roll nothing back on an unreadable log
+		}
+		now := map[string]bool{}
+		for _, d := range again {
+			now[d.Global] = true
+		}
+		for _, j := range undecided {
+			if now[j.global] {
+				// Commit it; the decision is forgotten by a later pass.
+				j.commit = true
+				open[j.global] = true
+			}
+			jobs = append(jobs, j)
+		}
+	}
+	var mu sync.Mutex
+	sem := make(chan struct{}, recoverParallel)
+	parallel(jobs, func(_ int, j job) error {
+		sem <- struct{}{}
+		defer func() { <-sem }()
+		db := c.resources[j.resource]
+		if j.commit {
+			err := CommitPrepared(ctx, db, j.name)
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil && !errors.Is(err, ErrUnknownName) {
+				errs = append(errs, fmt.Errorf("dtx: recover: commit %s: %w", j.name, err))
+				open[j.global] = true
+				return nil
+			}
+			rep.Committed = append(rep.Committed, j.name)
+			return nil
+		}
+		err := RollbackPrepared(ctx, db, j.name)
+		mu.Lock()
+		defer mu.Unlock()
+		switch {
+		case err == nil, errors.Is(err, ErrUnknownName):
+			rep.RolledBack = append(rep.RolledBack, j.name)
+		case errors.Is(err, ErrAlreadyFinished):
+			// This process committed it after the listing: the branch of
+			// a decided global that finished meanwhile. Nothing to do.
+		default:
+			errs = append(errs, fmt.Errorf("dtx: recover: roll back %s: %w", j.name, err))
+		}
+		return nil
+	})
 	for g := range decided {
-		c.mu.Lock()
-		inFlight := c.active[g]
-		c.mu.Unlock()
-		if open[g] || inFlight {
+		if open[g] || c.inFlight(g) {
 			continue
 		}
 		if err := c.log.Forget(ctx, g); err != nil {
@@ -566,7 +627,20 @@ func (c *Coordinator) Recover(ctx context.Context) (RecoveryReport, error) {
 		}
 		rep.Forgotten = append(rep.Forgotten, g)
 	}
+	sort.Strings(rep.Committed)
+	sort.Strings(rep.RolledBack)
+	sort.Strings(rep.Waiting)
+	sort.Strings(rep.Forgotten)
 	return rep, errors.Join(errs...)
+}
+
+// recoverParallel bounds how many branches one Recover pass finishes at once.
+const recoverParallel = 16
+
+func (c *Coordinator) inFlight(global string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.active[global]
 }
 
 func (c *Coordinator) recoverLoop(interval time.Duration) {
