@@ -181,8 +181,8 @@ func (c *conn) Begin() (driver.Tx, error) {
 // parent's BeginTx and returns the parent's Tx: no statement or round trip is
 // added. With one, see beginNamed.
 func (c *conn) BeginTx(ctx context.Context, opts driver.TxOptions) (driver.Tx, error) {
-	if name, ok := nameFrom(ctx); ok {
-		return c.beginNamed(ctx, name, opts)
+	if n, ok := nameFrom(ctx); ok {
+		return c.beginNamed(ctx, n, opts)
 	}
 	if err := c.attach(ctx); err != nil {
 		return nil, err

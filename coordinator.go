@@ -284,7 +284,7 @@ func (g *Global) Begin(ctx context.Context, resource string, opts *sql.TxOptions
 	g.branches = append(g.branches, nil)
 	g.mu.Unlock()
 	name := g.c.branchName(g.id, n)
-	tx, err := db.BeginTx(withDB(WithName(ctx, name), db), opts)
+	tx, err := db.BeginTx(withNameDB(ctx, name, db), opts)
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if err != nil {

@@ -28,7 +28,7 @@ func BeginDistributed(ctx context.Context, db *sql.DB, name string, fn func(tx *
 	if reg.inUse(name) {
 		return fmt.Errorf("%w: %q is active or prepared in this process", ErrNameInUse, name)
 	}
-	tx, err := db.BeginTx(withDB(WithName(ctx, name), db), nil)
+	tx, err := db.BeginTx(withNameDB(ctx, name, db), nil)
 	if err != nil {
 		return err
 	}

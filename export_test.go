@@ -13,3 +13,10 @@ func SetHook(f func(point string)) (restore func()) {
 	hook = f
 	return func() { hook = old }
 }
+
+// PgLiteral and Xid expose the quoting of names for tests of the second
+// line of defence (names are validated before they reach SQL).
+var (
+	PgLiteral = pgLiteral
+	Xid       = xid
+)

@@ -10,9 +10,16 @@ import (
 // gtrid, and well within PostgreSQL's 199-byte gid.
 const MaxNameLen = 64
 
+// nameKey is the context key of a global name: a *named.
 type nameKey struct{}
 
-type dbKey struct{}
+// named is what a context carries for a named transaction: the name and,
+// when dtx knows it (BeginDistributed, the Coordinator), the caller's pool,
+// so that phase two runs on that pool's connections.
+type named struct {
+	name string
+	db   *sql.DB
+}
 
 // WithName returns a context under which BeginTx on a dtx database begins a
 // global, two-phase transaction named name: its Commit prepares it, and
@@ -23,18 +30,17 @@ type dbKey struct{}
 //
 // The name is checked when the transaction begins (see ValidateName).
 func WithName(ctx context.Context, name string) context.Context {
-	return context.WithValue(ctx, nameKey{}, name)
+	return context.WithValue(ctx, nameKey{}, &named{name: name})
 }
 
-func nameFrom(ctx context.Context) (string, bool) {
-	name, ok := ctx.Value(nameKey{}).(string)
-	return name, ok
+// withNameDB is WithName for a caller that knows the pool.
+func withNameDB(ctx context.Context, name string, db *sql.DB) context.Context {
+	return context.WithValue(ctx, nameKey{}, &named{name: name, db: db})
 }
 
-// withDB tells the connector which *sql.DB it serves, so that phase two runs
-// on that pool's connections.
-func withDB(ctx context.Context, db *sql.DB) context.Context {
-	return context.WithValue(ctx, dbKey{}, db)
+func nameFrom(ctx context.Context) (*named, bool) {
+	n, ok := ctx.Value(nameKey{}).(*named)
+	return n, ok
 }
 
 // ValidateName reports whether dtx accepts name as a global transaction name:

@@ -54,7 +54,7 @@ func (postgresDialect) prepare(ctx context.Context, c *conn, name string) (drive
 	if err := pgNotAborted(ctx, c, name); err != nil {
 		return nil, err
 	}
-	tag, hasTag, err := queryDriver(ctx, c.parent, "PREPARE TRANSACTION "+pgLiteral(name), nil)
+	tag, hasTag, err := queryDriver(ctx, c.parent, pgLiteral("PREPARE TRANSACTION ", name), nil)
 	if err != nil {
 		return nil, pgPrepareError(name, err)
 	}
@@ -142,13 +142,13 @@ func (postgresDialect) finish(ctx context.Context, db *sql.DB, name string, comm
 	if commit {
 		verb = "COMMIT PREPARED "
 	}
-	_, err := db.ExecContext(ctx, verb+pgLiteral(name))
+	_, err := db.ExecContext(ctx, pgLiteral(verb, name))
+	if err == nil {
+		return nil
+	}
 	switch sqlState(err) {
 	case "":
-		if err != nil {
-			return fmt.Errorf("%w: %s%q: %w", ErrOutcomeUnknown, verb, name, err)
-		}
-		return nil
+		return fmt.Errorf("%w: %s%q: %w", ErrOutcomeUnknown, verb, name, err)
 	case "42704":
 		return fmt.Errorf("%w: %q: %w", ErrUnknownName, name, err)
 	case "0A000":
@@ -174,13 +174,17 @@ func (postgresDialect) list(ctx context.Context, db *sql.DB) ([]Prepared, error)
 	return out, rows.Err()
 }
 
-// pgLiteral quotes s as a string literal that means s whatever
-// standard_conforming_strings is: with a backslash in s it gets the E prefix.
-// Names are validated before they get here; this is the second line.
-func pgLiteral(s string) string {
+// pgLiteral returns prefix followed by s quoted as a string literal that
+// means s whatever standard_conforming_strings is: with a backslash in s it
+// gets the E prefix. Names are validated before they get here (they hold
+// neither quotes nor backslashes); this is the second line.
+func pgLiteral(prefix, s string) string {
+	if !strings.ContainsAny(s, `'\`) {
+		return prefix + "'" + s + "'"
+	}
 	q := "'" + strings.ReplaceAll(s, "'", "''") + "'"
 	if strings.Contains(s, `\`) {
 		q = "E" + strings.ReplaceAll(q, `\`, `\\`)
 	}
-	return q
+	return prefix + q
 }

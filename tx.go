@@ -2,7 +2,6 @@ package dtx
 
 import (
 	"context"
-	"database/sql"
 	"database/sql/driver"
 	"errors"
 )
@@ -19,7 +18,8 @@ var _ driver.Tx = (*tx)(nil)
 
 // beginNamed starts the transaction named name. The name is checked and
 // reserved in this process before any SQL runs.
-func (c *conn) beginNamed(ctx context.Context, name string, opts driver.TxOptions) (driver.Tx, error) {
+func (c *conn) beginNamed(ctx context.Context, n *named, opts driver.TxOptions) (driver.Tx, error) {
+	name := n.name
 	if err := ValidateName(name); err != nil {
 		return nil, err
 	}
@@ -27,9 +27,7 @@ func (c *conn) beginNamed(ctx context.Context, name string, opts driver.TxOption
 	if err != nil {
 		return nil, err
 	}
-	if db, ok := ctx.Value(dbKey{}).(*sql.DB); ok {
-		c.c.learn(db)
-	}
+	c.c.learn(n.db)
 	if err := c.attach(ctx); err != nil {
 		reg.drop(e)
 		return nil, err
