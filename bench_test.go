@@ -204,7 +204,13 @@ func BenchmarkNamedCycle(b *testing.B) {
 			}
 			onePC := benchSide{name: "raw1pc", db: raw.db, tbl: table(b, s, raw.db, benchCols)}
 			onePC.ins = benchInsertSQL(s, onePC.tbl)
-			impls = append(impls, onePC)
+			// The same 1PC transaction with BEGIN and COMMIT sent by hand
+			// on a *sql.Conn, like the raw 2PC baseline: raw1pc/raw1pc-conn
+			// is what *sql.Tx itself costs (a goroutine per transaction),
+			// which dtx pays and the hand-written 2PC baseline does not.
+			onePCConn := onePC
+			onePCConn.name = "raw1pc-conn"
+			impls = append(impls, onePC, onePCConn)
 
 			for _, conc := range []int{1, 8} {
 				b.Run("conc="+strconv.Itoa(conc), func(b *testing.B) {
@@ -236,6 +242,24 @@ func benchCycle(b *testing.B, s server, im benchSide) func(n int64) error {
 				return err
 			}
 			return tx.Commit()
+		}
+	case im.name == "raw1pc-conn":
+		begin := "BEGIN"
+		if s.kind == "mysql" {
+			begin = "START TRANSACTION"
+		}
+		return func(n int64) error {
+			return benchOnConn(ctx, im.db, func(c *sql.Conn) error {
+				if _, err := c.ExecContext(ctx, begin); err != nil {
+					return err
+				}
+				if _, err := c.ExecContext(ctx, im.ins, n, "v"); err != nil {
+					c.ExecContext(ctx, "ROLLBACK")
+					return err
+				}
+				_, err := c.ExecContext(ctx, "COMMIT")
+				return err
+			})
 		}
 	case im.name == "dtx":
 		return func(n int64) error {
