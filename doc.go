@@ -182,6 +182,27 @@
 // PostgreSQL holds nothing: COMMIT PREPARED runs on any connection of the
 // same database.
 //
+// # One global transaction over several databases
+//
+// A [Coordinator] commits one global transaction in every database it spans
+// or in none, whatever crashes when. Each [Global.Begin] gives an ordinary
+// *sql.Tx, a branch; when the function given to [Coordinator.Do] returns nil
+// every branch is prepared in parallel, the commit decision is written to a
+// [Log] ([OpenFileLog], or [OpenSQLLog] when several nodes coordinate) and
+// every branch is committed in parallel. [Coordinator.Recover], run at
+// start-up and periodically, finishes what a crash left: decided branches
+// are committed, undecided ones rolled back after a grace period.
+//
+//	c, err := dtx.NewCoordinator(dtx.CoordinatorOptions{
+//		Log:       fileLog,
+//		Resources: map[string]*sql.DB{"orders": ordersDB, "billing": billingDB},
+//		Node:      "orders-api-1",
+//	})
+//	err = c.Do(ctx, func(ctx context.Context, g *dtx.Global) error {
+//		otx, err := g.Begin(ctx, "orders", nil)
+//		...
+//	})
+//
 // # Other drivers and connectors
 //
 // [Register] wraps any driver.Driver under a new name, with a dialect,
