@@ -20,8 +20,6 @@ import (
 	"database/sql/driver"
 	"os"
 	"strconv"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -338,50 +336,9 @@ func benchOnConn(ctx context.Context, db *sql.DB, f func(c *sql.Conn) error) err
 }
 
 // benchRunCycles runs b.N calls of op from conc goroutines, after an untimed
-// warm-up of at least 2*conc calls (and benchWarmFor) with as many goroutines. It
-// reports allocs and tx/s.
+// warm-up of at least 2*conc calls (and benchWarmFor) with as many
+// goroutines; it reports allocs, tx/s and latency percentiles (see
+// benchRunGlobals, which it is without the start and stop hooks).
 func benchRunCycles(b *testing.B, conc int, op func(n int64) error) {
-	var seq atomic.Int64 // numbers every call, warm-up included
-	run := func(total int64) error {
-		var left atomic.Int64
-		left.Store(total)
-		var (
-			wg    sync.WaitGroup
-			mu    sync.Mutex
-			first error
-		)
-		for range conc {
-			wg.Go(func() {
-				for left.Add(-1) >= 0 {
-					if err := op(seq.Add(1)); err != nil {
-						left.Store(-1 << 62) // the others stop too
-						mu.Lock()
-						if first == nil {
-							first = err
-						}
-						mu.Unlock()
-						return
-					}
-				}
-			})
-		}
-		wg.Wait()
-		return first
-	}
-	start := time.Now()
-	for rounds := 0; rounds < 2 || time.Since(start) < benchWarmFor; rounds++ {
-		if err := run(int64(conc)); err != nil {
-			b.Fatalf("warm-up: %v", err)
-		}
-	}
-	b.ReportAllocs()
-	b.ResetTimer()
-	err := run(int64(b.N))
-	b.StopTimer()
-	if err != nil {
-		b.Fatal(err)
-	}
-	if sec := b.Elapsed().Seconds(); sec > 0 {
-		b.ReportMetric(float64(b.N)/sec, "tx/s")
-	}
+	benchRunGlobals(b, conc, op, func() {}, func() {})
 }
