@@ -158,20 +158,25 @@ func validNode(node string) error {
 		return fmt.Errorf("%w: node %q must be 1 to %d bytes", ErrInvalidName, node, maxNodeLen)
 	}
 	for i := 0; i < len(node); i++ {
-		b := node[i]
-		if !('a' <= b && b <= 'z' || 'A' <= b && b <= 'Z' || '0' <= b && b <= '9' || b == '-') {
-			return fmt.Errorf("%w: node %q: byte %d is %q; allowed are letters, digits and -", ErrInvalidName, node, i, b)
+		if !nodeByte(node[i]) {
+			return fmt.Errorf("%w: node %q: byte %d is %q; allowed are letters, digits and -", ErrInvalidName, node, i, node[i])
 		}
 	}
 	return nil
+}
+
+// nodeByte reports whether b may stand in a node id: a letter, a digit or
+// '-', so that '.' stays free to separate the parts of branch names.
+func nodeByte(b byte) bool {
+	return 'a' <= b && b <= 'z' || 'A' <= b && b <= 'Z' || '0' <= b && b <= '9' || b == '-'
 }
 
 func defaultNode() string {
 	h, _ := os.Hostname()
 	var b strings.Builder
 	for i := 0; i < len(h) && b.Len() < maxNodeLen; i++ {
-		if c := h[i]; 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' {
-			b.WriteByte(c)
+		if nodeByte(h[i]) {
+			b.WriteByte(h[i])
 		}
 	}
 	if b.Len() == 0 {

@@ -25,8 +25,8 @@ func BeginDistributed(ctx context.Context, db *sql.DB, name string, fn func(tx *
 	// the transaction holding it may own the pool's last connection, and
 	// BeginTx would wait for that until ctx ended instead of answering
 	// ErrNameInUse. reserve checks again, atomically, once BeginTx runs.
-	if reg.inUse(name) {
-		return fmt.Errorf("%w: %q is active or prepared in this process", ErrNameInUse, name)
+	if err := reg.free(name); err != nil {
+		return err
 	}
 	tx, err := db.BeginTx(withNameDB(ctx, name, db), nil)
 	if err != nil {

@@ -47,6 +47,14 @@ func myErrno(err error) uint16 {
 // bytes in every sql_mode (a quoted string does not: 'a\b').
 func xid(name string) string { return "X'" + hex.EncodeToString([]byte(name)) + "'" }
 
+// xaFinish is phase two's statement for name.
+func xaFinish(name string, commit bool) string {
+	if commit {
+		return "XA COMMIT " + xid(name)
+	}
+	return "XA ROLLBACK " + xid(name)
+}
+
 func (mysqlDialect) begin(ctx context.Context, c *conn, name string, opts driver.TxOptions) error {
 	var oneShot []string
 	switch sql.IsolationLevel(opts.Isolation) {
@@ -160,10 +168,7 @@ func (mysqlDialect) abort(ctx context.Context, c *conn, name string) error {
 }
 
 func (mysqlDialect) finishHeld(ctx context.Context, s driver.Conn, name string, commit bool) error {
-	q := "XA ROLLBACK " + xid(name)
-	if commit {
-		q = "XA COMMIT " + xid(name)
-	}
+	q := xaFinish(name, commit)
 	if err := execDriver(ctx, s, q); err != nil {
 		if myErrno(err) == 0 {
 			return fmt.Errorf("%w: %s: %w", ErrOutcomeUnknown, q, err)
@@ -206,10 +211,7 @@ func (mysqlDialect) finish(ctx context.Context, db *sql.DB, name string, commit 
 	if err := sleepCtx(ctx, time.Until(detached.Add(grace))); err != nil {
 		return err
 	}
-	q := "XA ROLLBACK " + xid(name)
-	if commit {
-		q = "XA COMMIT " + xid(name)
-	}
+	q := xaFinish(name, commit)
 	_, err = cn.ExecContext(ctx, q)
 	switch n := myErrno(err); {
 	case err == nil:

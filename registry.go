@@ -66,21 +66,26 @@ func (r *registry) removeConnector(c *connector) {
 func (r *registry) reserve(name string, c *connector) (*entry, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if e, ok := r.names[name]; ok && e.state <= stUncertain {
-		return nil, fmt.Errorf("%w: %q is active or prepared in this process", ErrNameInUse, name)
+	if err := r.freeLocked(name); err != nil {
+		return nil, err
 	}
 	e := &entry{name: name, c: c}
 	r.names[name] = e
 	return e, nil
 }
 
-// inUse reports whether name is active or prepared in this process, as
-// reserve would refuse it.
-func (r *registry) inUse(name string) bool {
+// free returns the error reserve would give for name, or nil.
+func (r *registry) free(name string) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	e, ok := r.names[name]
-	return ok && e.state <= stUncertain
+	return r.freeLocked(name)
+}
+
+func (r *registry) freeLocked(name string) error {
+	if e, ok := r.names[name]; ok && e.state <= stUncertain {
+		return fmt.Errorf("%w: %q is active or prepared in this process", ErrNameInUse, name)
+	}
+	return nil
 }
 
 func (r *registry) lookup(name string) *entry {
