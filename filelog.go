@@ -40,6 +40,8 @@ type FileLog struct {
 	idle     sync.Cond // signalled when flushing ends
 	err      error     // the first write error; the log refuses writes after it
 	pending  map[string]Decision
+	aborted  map[string]bool // globals aborted (fenced against a late Decide)
+	claims   map[string]byte // 'D' or 'A' for every global with a record written or being written
 	heur     []heuristicRec
 	dead     int // records in the file that compaction would drop
 	syncs    int64
@@ -77,7 +79,7 @@ func OpenFileLog(dir string) (*FileLog, error) {
 	if err := os.MkdirAll(dir, 0o750); err != nil {
 		return nil, fmt.Errorf("dtx: file log: %w", err)
 	}
-	l := &FileLog{dir: dir, path: filepath.Join(dir, fileLogName), pending: map[string]Decision{}}
+	l := &FileLog{dir: dir, path: filepath.Join(dir, fileLogName), pending: map[string]Decision{}, aborted: map[string]bool{}, claims: map[string]byte{}}
 	l.idle.L = &l.mu
 	f, err := os.OpenFile(l.path, os.O_RDWR|os.O_CREATE, 0o640)
 	if err != nil {
@@ -177,6 +179,14 @@ func (l *FileLog) apply(p []byte) error {
 			return err
 		}
 		l.pending[d.Global] = d
+		l.claims[d.Global] = 'D'
+	case 'A':
+		var r forgetRec
+		if err := json.Unmarshal(p[1:], &r); err != nil {
+			return err
+		}
+		l.aborted[r.Global] = true
+		l.claims[r.Global] = 'A'
 	case 'F':
 		var r forgetRec
 		if err := json.Unmarshal(p[1:], &r); err != nil {
@@ -211,8 +221,29 @@ func record(typ byte, v any) ([]byte, error) {
 	return rec, nil
 }
 
+// claim reserves global's key for a record of type typ and returns the type
+// already claimed, or 0. Claims are kept in memory for the life of the log,
+// so a Decide and an Abort of one global never both write.
+func (l *FileLog) claim(global string, typ byte) byte {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if c, ok := l.claims[global]; ok {
+		return c
+	}
+	l.claims[global] = typ
+	return 0
+}
+
 // Decide implements Log: it returns once the decision is fsynced.
 func (l *FileLog) Decide(ctx context.Context, d Decision) error {
+	switch l.claim(d.Global, 'D') {
+	case 'A':
+		return fmt.Errorf("%w: global %s", ErrAborted, d.Global)
+	case 'D':
+		if l.decided(d.Global) != nil {
+			return nil
+		}
+	}
 	rec, err := record('D', d)
 	if err != nil {
 		return err
@@ -222,23 +253,60 @@ func (l *FileLog) Decide(ctx context.Context, d Decision) error {
 	return l.write(rec, true, func() { l.pending[d.Global] = d })
 }
 
-// Forget implements Log; the record is written but not fsynced.
-func (l *FileLog) Forget(ctx context.Context, global string) error {
+// decided returns global's durable decision, waiting out a write in flight.
+func (l *FileLog) decided(global string) *Decision {
 	l.mu.Lock()
-	_, ok := l.pending[global]
-	delete(l.pending, global)
-	if ok {
-		l.dead += 2
+	defer l.mu.Unlock()
+	for l.flushing {
+		l.idle.Wait()
 	}
-	l.mu.Unlock()
-	if !ok {
-		return nil
+	if d, ok := l.pending[global]; ok {
+		return &d
 	}
-	rec, err := record('F', forgetRec{Global: global})
+	return nil
+}
+
+// Abort implements Log: it returns once the abort is fsynced, or returns the
+// decision when the global was decided first.
+func (l *FileLog) Abort(ctx context.Context, global string) (*Decision, error) {
+	switch l.claim(global, 'A') {
+	case 'A':
+		return nil, nil
+	case 'D':
+		if d := l.decided(global); d != nil {
+			return d, nil
+		}
+		return nil, fmt.Errorf("%w: the decision of global %s was being written when a write failed", ErrLogClosed, global)
+	}
+	rec, err := record('A', forgetRec{Global: global})
 	if err != nil {
-		return err
+		return nil, err
 	}
-	return l.write(rec, false, nil)
+	return nil, l.write(rec, true, func() { l.aborted[global] = true })
+}
+
+// Forget implements Log; the records are written but not fsynced.
+func (l *FileLog) Forget(ctx context.Context, globals ...string) error {
+	for _, g := range globals {
+		l.mu.Lock()
+		_, ok := l.pending[g]
+		delete(l.pending, g)
+		if ok {
+			l.dead += 2
+		}
+		l.mu.Unlock()
+		if !ok {
+			continue
+		}
+		rec, err := record('F', forgetRec{Global: g})
+		if err != nil {
+			return err
+		}
+		if err := l.write(rec, false, nil); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // Heuristic implements Log; heuristic records survive compaction.
@@ -378,6 +446,14 @@ func (l *FileLog) compactLocked() error {
 	out := []byte(fileLogMagic)
 	for _, d := range l.pending {
 		rec, err := record('D', d)
+		if err != nil {
+			f.Close()
+			return err
+		}
+		out = append(out, rec...)
+	}
+	for g := range l.aborted {
+		rec, err := record('A', forgetRec{Global: g})
 		if err != nil {
 			f.Close()
 			return err

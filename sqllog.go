@@ -97,8 +97,22 @@ func (l *SQLLog) Decide(ctx context.Context, d Decision) error {
 	return err
 }
 
-// Forget implements Log: the row goes, unless it records a heuristic outcome.
-func (l *SQLLog) Forget(ctx context.Context, global string) error {
+// Abort implements Log (provisional: the fenced version follows).
+func (l *SQLLog) Abort(ctx context.Context, global string) (*Decision, error) {
+	return nil, nil
+}
+
+// Forget implements Log: the rows go, unless they record a heuristic outcome.
+func (l *SQLLog) Forget(ctx context.Context, globals ...string) error {
+	for _, g := range globals {
+		if err := l.forget(ctx, g); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (l *SQLLog) forget(ctx context.Context, global string) error {
 	res, err := l.db.ExecContext(ctx, l.q("DELETE FROM T_ WHERE global_id = ? AND heuristic IS NULL"), global)
 	if err != nil {
 		return err
