@@ -2,10 +2,12 @@ package dtx
 
 import (
 	"context"
+	"crypto/rand"
 	"database/sql"
+	"encoding/hex"
 	"errors"
 	"fmt"
-	"os"
+	"log/slog"
 	"sort"
 	"strconv"
 	"strings"
@@ -17,29 +19,54 @@ import (
 
 // CoordinatorOptions configure a Coordinator.
 type CoordinatorOptions struct {
-	// Log keeps commit decisions durably: FileLog (embedded, the default
-	// choice) or SQLLog (a table, when several nodes coordinate). Required.
-	Log Log
 	// Resources are the databases globals span, by name; each must be
-	// opened through a dtx driver.
+	// opened through a dtx driver. Every node that may recover another's
+	// globals must use the same names for the same databases: decisions
+	// name their branches' resources.
 	Resources map[string]*sql.DB
-	// Node is this process's stable identifier: letters, digits and '-', at
-	// most 20 bytes. Branch names carry it, and recovery touches only
-	// branches of its own node. Default: the host name, cut to fit.
+	// Log is where outcomes are kept. Nil (the default) keeps them in a
+	// table of one of the resources, DecisionResource, where a global's
+	// decision commits inside that resource's own branch. A FileLog keeps
+	// them in a file of this machine (one process only); an SQLLog in a
+	// table of any database.
+	Log Log
+	// DecisionResource names the resource whose table keeps the outcomes
+	// when Log is nil. Default: the first PostgreSQL resource by name, else
+	// the first by name. Nodes that share globals must agree on it.
+	DecisionResource string
+	// DecisionTable is that table's name (default "dtx_decisions"), created
+	// if absent.
+	DecisionTable string
+	// Node identifies this process in branch names: letters, digits and
+	// '-', at most 20 bytes, stable across restarts and unique among the
+	// processes sharing a store. Required unless Log is a FileLog, whose
+	// own random id (kept beside the log) is the default. A host name is
+	// never assumed: replicas of one deployment share theirs.
 	Node string
-	// Timeout bounds a global from its start to its commit decision; a
-	// global that outlives it is rolled back. Default 30s.
+	// Timeout bounds a global from its start to its commit decision, and
+	// phase two after it; a global that outlives it before its decision is
+	// rolled back. Default 30s.
 	Timeout time.Duration
-	// RecoverGrace is how old a prepared branch without a commit decision
-	// must be before recovery rolls it back: older than any global still
-	// in flight in another incarnation of this node. Default 2×Timeout.
+	// RecoverGrace is how old an undecided prepared branch of this node
+	// must be before recovery aborts its global. Default 2×Timeout.
 	RecoverGrace time.Duration
+	// AbandonAge is how old a global of another node must be before this
+	// node's recovery finishes it (takeover of dead or renamed nodes).
+	// Default 4×Timeout. Negative: never.
+	AbandonAge time.Duration
 	// RecoverInterval runs Recover in the background at start-up and then
 	// every interval. 0 means the default, 1 minute; negative turns it off
 	// (call Recover yourself).
 	RecoverInterval time.Duration
+	// AsyncCommit makes Do return as soon as the decision is durable, with
+	// phase two running in the background: a read right after Do may not
+	// see every branch's change yet. Close waits for it.
+	AsyncCommit bool
 	// OnRecover, when set, receives each background recovery's report.
 	OnRecover func(RecoveryReport, error)
+	// Logger receives what the coordinator does that an operator should
+	// know (recovery actions, outcomes other than commit); nil is silent.
+	Logger *slog.Logger
 }
 
 // Coordinator runs global transactions over several databases: committed in
@@ -47,34 +74,28 @@ type CoordinatorOptions struct {
 type Coordinator struct {
 	log       Log
 	resources map[string]*sql.DB
+	names     []string // resource names, sorted
+	decider   string   // the resource whose branch commits the decision, or ""
+	sqlLog    *SQLLog  // the decider's store
 	node      string
 	timeout   time.Duration
 	grace     time.Duration
+	abandon   time.Duration
+	async     bool
 	onRecover func(RecoveryReport, error)
+	logger    *slog.Logger
 
 	mu     sync.Mutex
 	active map[string]bool // global ids in flight in this coordinator
+
+	forget    chan string // globals whose decision can go, batched
+	forgotten chan struct{}
+	phase2    sync.WaitGroup // asynchronous phase twos
 
 	recoverMu sync.Mutex
 	stop      chan struct{}
 	stopped   chan struct{}
 	closeOnce sync.Once
-}
-
-// Global is one global transaction in progress, handed to the function given
-// to Coordinator.Do.
-type Global struct {
-	c        *Coordinator
-	id       string
-	mu       sync.Mutex
-	branches []*branch
-	closed   bool
-}
-
-type branch struct {
-	resource string
-	name     string
-	tx       *sql.Tx
 }
 
 // Decision is the durable record that a global commits: written once every
@@ -93,52 +114,62 @@ type BranchRef struct {
 	Name     string
 }
 
-// RecoveryReport says what one Recover pass did, by branch name.
-type RecoveryReport struct {
-	Committed  []string // branches of decided globals, committed
-	RolledBack []string // branches without a decision, older than the grace, rolled back
-	Waiting    []string // branches without a decision, still within the grace
-	Forgotten  []string // globals whose every branch is done, dropped from the log
-}
-
-// NewCoordinator checks opts and starts background recovery (unless turned
-// off). Close it to stop that.
+// NewCoordinator checks opts, opens the decision table when Log is nil, and
+// starts background recovery (unless turned off). Close it to stop that.
 func NewCoordinator(opts CoordinatorOptions) (*Coordinator, error) {
-	if opts.Log == nil {
-		return nil, errors.New("dtx: CoordinatorOptions.Log is required (dtx.FileLog or dtx.SQLLog)")
-	}
 	if len(opts.Resources) == 0 {
 		return nil, errors.New("dtx: CoordinatorOptions.Resources is empty")
+	}
+	c := &Coordinator{
+		log:       opts.Log,
+		resources: opts.Resources,
+		timeout:   opts.Timeout,
+		grace:     opts.RecoverGrace,
+		abandon:   opts.AbandonAge,
+		async:     opts.AsyncCommit,
+		onRecover: opts.OnRecover,
+		logger:    opts.Logger,
+		active:    map[string]bool{},
+		forget:    make(chan string, 4096),
+		forgotten: make(chan struct{}),
+		stop:      make(chan struct{}),
+		stopped:   make(chan struct{}),
 	}
 	for name, db := range opts.Resources {
 		if _, err := driverOf(db); err != nil {
 			return nil, fmt.Errorf("dtx: resource %q: %w", name, err)
 		}
+		c.names = append(c.names, name)
 	}
-	node := opts.Node
-	if node == "" {
-		node = defaultNode()
-	}
-	if err := validNode(node); err != nil {
-		return nil, err
-	}
-	c := &Coordinator{
-		log:       opts.Log,
-		resources: opts.Resources,
-		node:      node,
-		timeout:   opts.Timeout,
-		grace:     opts.RecoverGrace,
-		onRecover: opts.OnRecover,
-		active:    map[string]bool{},
-		stop:      make(chan struct{}),
-		stopped:   make(chan struct{}),
-	}
+	sort.Strings(c.names)
 	if c.timeout <= 0 {
 		c.timeout = 30 * time.Second
 	}
 	if c.grace <= 0 {
 		c.grace = 2 * c.timeout
 	}
+	if c.abandon == 0 {
+		c.abandon = 4 * c.timeout
+	}
+	if c.logger == nil {
+		c.logger = slog.New(slog.DiscardHandler)
+	}
+	if err := c.openStore(opts); err != nil {
+		return nil, err
+	}
+	if err := c.claimNode(opts.Node); err != nil {
+		return nil, err
+	}
+	if nr, ok := c.log.(nodeRegistry); ok {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		err := nr.addNode(ctx, c.node)
+		cancel()
+		if err != nil {
+			c.releaseNode()
+			return nil, fmt.Errorf("dtx: registering node %q in the decision store: %w", c.node, err)
+		}
+	}
+	go c.forgetLoop()
 	interval := opts.RecoverInterval
 	if interval == 0 {
 		interval = time.Minute
@@ -149,6 +180,82 @@ func NewCoordinator(opts CoordinatorOptions) (*Coordinator, error) {
 	}
 	go c.recoverLoop(interval)
 	return c, nil
+}
+
+// openStore settles where outcomes are kept and which resource, if any,
+// commits a global's decision inside its own branch.
+func (c *Coordinator) openStore(opts CoordinatorOptions) error {
+	if c.log == nil {
+		res := opts.DecisionResource
+		if res == "" {
+			res = c.defaultDecider()
+		}
+		db, ok := c.resources[res]
+		if !ok {
+			return fmt.Errorf("dtx: DecisionResource %q is not one of the resources", res)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		l, err := OpenSQLLog(ctx, db, opts.DecisionTable)
+		if err != nil {
+			return err
+		}
+		c.log = l
+	}
+	if l, ok := c.log.(*SQLLog); ok {
+		for _, name := range c.names {
+			if c.resources[name] == l.db {
+				c.decider, c.sqlLog = name, l
+				break
+			}
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if w := l.DurabilityWarning(ctx); w != "" {
+			c.logger.Warn(w)
+		}
+	}
+	return nil
+}
+
+// defaultDecider is the first PostgreSQL resource by name, else the first by
+// name: the same on every node configured with the same resources.
+func (c *Coordinator) defaultDecider() string {
+	for _, name := range c.names {
+		if d, _ := driverOf(c.resources[name]); d.dialect == Postgres {
+			return name
+		}
+	}
+	return c.names[0]
+}
+
+// liveNodes are the node ids of this process's open coordinators: two
+// coordinators with one node in one process would each take the other's
+// globals for its own.
+var liveNodes = struct {
+	sync.Mutex
+	m map[string]bool
+}{m: map[string]bool{}}
+
+func (c *Coordinator) claimNode(node string) error {
+	if node == "" {
+		n, ok := c.log.(interface{ Node() string })
+		if !ok {
+			return errors.New("dtx: CoordinatorOptions.Node is required unless Log is a FileLog: a stable id unique to this process among those sharing the decision store (a host name is not: replicas share it)")
+		}
+		node = n.Node()
+	}
+	if err := validNode(node); err != nil {
+		return err
+	}
+	liveNodes.Lock()
+	defer liveNodes.Unlock()
+	if liveNodes.m[node] {
+		return fmt.Errorf("%w: node %q belongs to another open Coordinator of this process", ErrNameInUse, node)
+	}
+	liveNodes.m[node] = true
+	c.node = node
+	return nil
 }
 
 const maxNodeLen = 20
@@ -171,44 +278,44 @@ func nodeByte(b byte) bool {
 	return 'a' <= b && b <= 'z' || 'A' <= b && b <= 'Z' || '0' <= b && b <= '9' || b == '-'
 }
 
-func defaultNode() string {
-	h, _ := os.Hostname()
-	var b strings.Builder
-	for i := 0; i < len(h) && b.Len() < maxNodeLen; i++ {
-		if nodeByte(h[i]) {
-			b.WriteByte(h[i])
-		}
-	}
-	if b.Len() == 0 {
-		return "node"
-	}
-	return b.String()
+// RandomNode returns a fresh random node id ("n" and 16 hex digits), for a
+// process that has no stable identity of its own and keeps this one where
+// it survives restarts.
+func RandomNode() string {
+	b := make([]byte, 8)
+	rand.Read(b)
+	return "n" + hex.EncodeToString(b)
 }
+
+// Node is this coordinator's node id.
+func (c *Coordinator) Node() string { return c.node }
 
 // Branch names are "g.<node>.<global>.<n>": the node, the global's UUIDv7
 // (32 hex digits, which also tell when it started) and the branch's number.
 // At most 2+20+1+32+1+3 = 59 bytes, within MySQL's 64-byte gtrid; the number
 // keeps two branches in databases of one PostgreSQL cluster apart.
-func (c *Coordinator) prefix() string { return "g." + c.node + "." }
-
 func (c *Coordinator) branchName(global string, n int) string {
-	return c.prefix() + global + "." + strconv.Itoa(n)
+	return "g." + c.node + "." + global + "." + strconv.Itoa(n)
 }
 
-// parseBranch returns the global id of a branch name of this node.
-func (c *Coordinator) parseBranch(name string) (global string, ok bool) {
-	rest, ok := strings.CutPrefix(name, c.prefix())
+// parseBranch splits a branch name of any node into its node and global.
+func parseBranch(name string) (node, global string, ok bool) {
+	rest, ok := strings.CutPrefix(name, "g.")
 	if !ok {
-		return "", false
+		return "", "", false
+	}
+	node, rest, ok = strings.Cut(rest, ".")
+	if !ok || validNode(node) != nil {
+		return "", "", false
 	}
 	global, n, ok := strings.Cut(rest, ".")
 	if !ok || len(global) != 32 {
-		return "", false
+		return "", "", false
 	}
 	if _, err := strconv.Atoi(n); err != nil {
-		return "", false
+		return "", "", false
 	}
-	return global, true
+	return node, global, true
 }
 
 // globalTime is when a global started, read from its UUIDv7.
@@ -222,30 +329,29 @@ func globalTime(global string) (time.Time, bool) {
 }
 
 // Do runs fn as one global transaction. Branches fn begins with g.Begin are
-// ordinary *sql.Tx. When fn returns nil every branch is prepared in
-// parallel; once all are, the commit decision is logged durably and every
-// branch committed in parallel. A global with one branch commits it in one
-// phase, without a log write. When fn fails, a prepare fails, or the
-// timeout passes before the decision, every branch is rolled back.
+// ordinary *sql.Tx. When fn returns nil the global commits: see
+// docs/coordinator.md for the protocol. When fn fails or panics, a branch
+// cannot prepare, ctx ends or the timeout passes before the decision, every
+// branch is rolled back and Do returns an error wrapping ErrRolledBack (and
+// fn's error).
 //
-// After the decision the outcome is commit: a branch whose commit fails is
-// retried while ctx allows, then left to Recover, and Do returns a
-// *PendingError naming it. A branch found gone when it should have been
-// committed is a *HeuristicError.
+// After the decision the outcome is commit, whatever ctx does: phase two
+// runs under its own deadline. A branch still not committed after it is
+// left to Recover and Do returns a *PendingError; a branch found finished
+// the other way is a *HeuristicError. ErrOutcomeUnknown means the decision
+// could neither be confirmed nor fenced (the store was unreachable): the
+// branches stay prepared and Recover settles them.
 func (c *Coordinator) Do(ctx context.Context, fn func(ctx context.Context, g *Global) error) error {
+	if err := c.healthy(); err != nil {
+		return err
+	}
 	u, err := uuid.NewV7()
 	if err != nil {
 		return fmt.Errorf("dtx: global id: %w", err)
 	}
 	g := &Global{c: c, id: strings.ReplaceAll(u.String(), "-", "")}
-	c.mu.Lock()
-	c.active[g.id] = true
-	c.mu.Unlock()
-	defer func() {
-		c.mu.Lock()
-		delete(c.active, g.id)
-		c.mu.Unlock()
-	}()
+	c.setActive(g.id, true)
+	defer c.setActive(g.id, false)
 	tctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
 	if err := g.run(tctx, fn); err != nil {
@@ -254,399 +360,85 @@ func (c *Coordinator) Do(ctx context.Context, fn func(ctx context.Context, g *Gl
 	return g.commit(ctx, tctx)
 }
 
-// run calls fn, rolling back every branch when it fails or panics.
-func (g *Global) run(ctx context.Context, fn func(context.Context, *Global) error) (err error) {
-	ok := false
-	defer func() {
-		if !ok {
-			g.abort()
+// healthy refuses new globals while the store is known broken: they would
+// prepare, fail to decide and hold their locks until recovery.
+func (c *Coordinator) healthy() error {
+	if h, ok := c.log.(interface{ Err() error }); ok {
+		if err := h.Err(); err != nil {
+			return fmt.Errorf("dtx: the decision log cannot take decisions: %w", err)
 		}
-	}()
-	err = fn(ctx, g)
-	if err == nil {
-		err = ctx.Err()
 	}
-	if err != nil {
-		return fmt.Errorf("dtx: global %s rolled back: %w", g.id, err)
-	}
-	ok = true
 	return nil
 }
 
-// Begin starts a branch on the resource named resource: an ordinary *sql.Tx
-// whose Commit and Rollback belong to the coordinator (do not call them).
-func (g *Global) Begin(ctx context.Context, resource string, opts *sql.TxOptions) (*sql.Tx, error) {
-	db, ok := g.c.resources[resource]
-	if !ok {
-		return nil, fmt.Errorf("dtx: unknown resource %q", resource)
-	}
-	g.mu.Lock()
-	if g.closed {
-		g.mu.Unlock()
-		return nil, fmt.Errorf("dtx: global %s is finished", g.id)
-	}
-	n := len(g.branches)
-	g.branches = append(g.branches, nil)
-	g.mu.Unlock()
-	name := g.c.branchName(g.id, n)
-	tx, err := db.BeginTx(withNameDB(ctx, name, db), opts)
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	if err != nil {
-		g.branches[n] = &branch{resource: resource, name: name}
-		return nil, err
-	}
-	g.branches[n] = &branch{resource: resource, name: name, tx: tx}
-	return tx, nil
-}
-
-// ID is the global's id (a UUIDv7 in hex).
-func (g *Global) ID() string { return g.id }
-
-func (g *Global) live() []*branch {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	g.closed = true
-	var bs []*branch
-	for _, b := range g.branches {
-		if b != nil && b.tx != nil {
-			bs = append(bs, b)
-		}
-	}
-	return bs
-}
-
-func (g *Global) abort() {
-	for _, b := range g.live() {
-		b.tx.Rollback()
+func (c *Coordinator) setActive(global string, on bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if on {
+		c.active[global] = true
+	} else {
+		delete(c.active, global)
 	}
 }
-
-// hook is called at each step of the protocol; tests set it to kill the
-// process at a chosen point.
-var hook = func(point string) {}
-
-func (g *Global) commit(ctx, tctx context.Context) error {
-	bs := g.live()
-	switch len(bs) {
-	case 0:
-		return nil
-	case 1:
-		reg.setOnePhase(bs[0].name)
-		hook("before-commit-one-phase")
-		if err := bs[0].tx.Commit(); err != nil {
-			return fmt.Errorf("dtx: global %s: %w", g.id, err)
-		}
-		return nil
-	}
-	hook("before-prepare")
-	errs := parallel(bs, func(i int, b *branch) error {
-		err := b.tx.Commit()
-		if err == nil {
-			hook("prepared:" + strconv.Itoa(i))
-		}
-		return err
-	})
-	if err := errors.Join(errs...); err != nil || tctx.Err() != nil {
-		if err == nil {
-			err = tctx.Err()
-		}
-		g.rollbackPrepared(ctx, bs, errs)
-		return fmt.Errorf("dtx: global %s rolled back: %w", g.id, err)
-	}
-	d := Decision{Global: g.id, Node: g.c.node, At: time.Now().UTC()}
-	for _, b := range bs {
-		d.Branches = append(d.Branches, BranchRef{Resource: b.resource, Name: b.name})
-	}
-	if err := g.c.log.Decide(ctx, d); err != nil {
-		// The record may or may not be durable: leave the branches
-		// prepared; Recover decides from what the log says.
-		return fmt.Errorf("%w: global %s: writing the commit decision: %w", ErrOutcomeUnknown, g.id, err)
-	}
-	hook("decided")
-	// Phase two retries for at most another timeout; Recover does the rest.
-	pctx, cancel := context.WithTimeout(ctx, g.c.timeout)
-	defer cancel()
-	return g.c.commitBranches(pctx, d)
-}
-
-// rollbackPrepared rolls back the branches that did prepare after another
-// failed; what it cannot roll back now, Recover rolls back after the grace
-// (no decision was logged).
-func (g *Global) rollbackPrepared(ctx context.Context, bs []*branch, errs []error) {
-	var prepared []*branch
-	for i, b := range bs {
-		if errs[i] == nil || errors.Is(errs[i], ErrOutcomeUnknown) {
-			prepared = append(prepared, b)
-		}
-	}
-	rctx, cancel := cleanupCtx(ctx)
-	defer cancel()
-	parallel(prepared, func(_ int, b *branch) error {
-		err := RollbackDistributed(rctx, b.name)
-		if errors.Is(err, ErrUnknownName) {
-			return nil
-		}
-		return err
-	})
-}
-
-// commitBranches is phase two of a decided global: commit every branch in
-// parallel, retrying while ctx allows, and forget the decision once all are.
-func (c *Coordinator) commitBranches(ctx context.Context, d Decision) error {
-	errs := parallel(d.Branches, func(i int, b BranchRef) error {
-		err := c.commitBranch(ctx, b)
-		if err == nil {
-			hook("committed:" + strconv.Itoa(i))
-		}
-		return err
-	})
-	var pending, gone []string
-	for i, err := range errs {
-		switch {
-		case err == nil:
-		case errors.Is(err, ErrUnknownName):
-			gone = append(gone, d.Branches[i].Name)
-		default:
-			pending = append(pending, d.Branches[i].Name)
-		}
-	}
-	if len(gone) > 0 {
-		herr := &HeuristicError{Global: d.Global, Gone: gone, Pending: pending, Err: errors.Join(errs...)}
-		c.log.Heuristic(context.WithoutCancel(ctx), d.Global, herr.Error())
-		return herr
-	}
-	if len(pending) > 0 {
-		return &PendingError{Global: d.Global, Pending: pending, Err: errors.Join(errs...)}
-	}
-	hook("before-done")
-	c.log.Forget(context.WithoutCancel(ctx), d.Global)
-	return nil
-}
-
-// commitBranch commits one decided branch, retrying transient failures with
-// backoff while ctx allows.
-func (c *Coordinator) commitBranch(ctx context.Context, b BranchRef) error {
-	wait := 10 * time.Millisecond
-	for {
-		err := CommitDistributed(ctx, b.Name)
-		if err == nil || errors.Is(err, ErrUnknownName) || errors.Is(err, ErrAlreadyFinished) || errors.Is(err, ErrInvalidName) {
-			return err
-		}
-		if sleepCtx(ctx, wait) != nil {
-			return err
-		}
-		wait = min(2*wait, time.Second)
-	}
-}
-
-func parallel[T any](items []T, f func(int, T) error) []error {
-	errs := make([]error, len(items))
-	var wg sync.WaitGroup
-	for i, it := range items {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			errs[i] = f(i, it)
-		}()
-	}
-	wg.Wait()
-	return errs
-}
-
-// ErrPending is matched (errors.Is) by a *PendingError.
-var ErrPending = errors.New("dtx: global committed, some branches still pending")
-
-// ErrHeuristic is matched (errors.Is) by a *HeuristicError.
-var ErrHeuristic = errors.New("dtx: heuristic outcome")
-
-// PendingError: the global is decided and will commit, but these branches
-// are not committed yet; Recover commits them.
-type PendingError struct {
-	Global  string
-	Pending []string
-	Err     error
-}
-
-func (e *PendingError) Error() string {
-	return fmt.Sprintf("dtx: global %s is decided to commit; branches %s not committed yet (Recover retries them): %v", e.Global, strings.Join(e.Pending, ", "), e.Err)
-}
-func (e *PendingError) Is(target error) bool { return target == ErrPending }
-func (e *PendingError) Unwrap() error        { return e.Err }
-
-// HeuristicError: a branch of a global decided to commit was gone (rolled
-// back or finished by someone else): the global may be half applied. It is
-// also written to the log.
-type HeuristicError struct {
-	Global  string
-	Gone    []string
-	Pending []string
-	Err     error
-}
-
-func (e *HeuristicError) Error() string {
-	return fmt.Sprintf("dtx: heuristic outcome for global %s: branches %s were gone when they should have been committed", e.Global, strings.Join(e.Gone, ", "))
-}
-func (e *HeuristicError) Is(target error) bool { return target == ErrHeuristic }
-func (e *HeuristicError) Unwrap() error        { return e.Err }
-
-// Recover finishes what crashed or failed globals of this node left: for
-// every resource, each prepared branch of this node's namespace is committed
-// when its global has a commit decision, rolled back when it has none and is
-// older than the grace, and left alone otherwise; a decision whose branches
-// are all finished is forgotten. Globals in flight in this coordinator are
-// never touched. Safe to run at any time and concurrently.
-//
-// Branches are finished in parallel (at most recoverParallel at a time): a
-// MariaDB branch whose session is gone waits out the detach grace (1s by
-// default) before it is finished, and one after the other that made
-// recovery after a crash with many branches prepared take that many
-// seconds while their rows stayed locked.
-func (c *Coordinator) Recover(ctx context.Context) (RecoveryReport, error) {
-	c.recoverMu.Lock()
-	defer c.recoverMu.Unlock()
-	var rep RecoveryReport
-	decisions, err := c.log.Pending(ctx, c.node)
-	if err != nil {
-		return rep, fmt.Errorf("dtx: recover: reading the log: %w", err)
-	}
-	decided := map[string]Decision{}
-	for _, d := range decisions {
-		decided[d.Global] = d
-	}
-	open := map[string]bool{} // globals with a branch still prepared or unreachable
-	seen := map[string]bool{}
-	var errs []error
-	type job struct {
-		resource string
-		name     string
-		global   string
-		commit   bool
-	}
-	var jobs, undecided []job
-	resources := make([]string, 0, len(c.resources))
-	for r := range c.resources {
-		resources = append(resources, r)
-	}
-	sort.Strings(resources)
-	for _, r := range resources {
-		db := c.resources[r]
-		ps, err := ListPrepared(ctx, db)
-		if err != nil {
-			errs = append(errs, fmt.Errorf("dtx: recover: resource %q: %w", r, err))
-			for g := range decided {
-				open[g] = true // cannot tell: keep every decision
-			}
-			continue
-		}
-		for _, p := range ps {
-			global, ok := c.parseBranch(p.Name)
-			if !ok || seen[p.Name] {
-				continue
-			}
-			seen[p.Name] = true
-			if c.inFlight(global) {
-				// Its Do may still return with this branch pending
-				// (PendingError) before this pass ends: keep its decision.
-				// Without this the pass forgot the decision of a global
-				// whose branch it saw prepared, and the next pass rolled
-				// that branch back while the others were committed.
-				open[global] = true
-				continue
-			}
-			if _, ok := decided[global]; ok {
-				jobs = append(jobs, job{r, p.Name, global, true})
-				continue
-			}
-			if at, ok := globalTime(global); ok && time.Since(at) < c.grace {
-				rep.Waiting = append(rep.Waiting, p.Name)
-				continue
-			}
-			undecided = append(undecided, job{r, p.Name, global, false})
-		}
-	}
-	if len(undecided) > 0 {
-		// Read the log again before rolling anything back. The first read
-		// may predate the decision of a global that was still in flight
-		// then and has since returned with a branch pending: its decision
-		// was written while it was in flight, so before the in-flight check
-		// above, so before this read. Rolling that branch back on the
-		// strength of the first read alone broke atomicity.
-		again, err := c.log.Pending(ctx, c.node)
-		if err != nil {
-			errs = append(errs, fmt.Errorf("dtx: recover: reading the log: %w", err))
-			undecided = nil // roll nothing back on an unreadable log
-		}
-		now := map[string]bool{}
-		for _, d := range again {
-			now[d.Global] = true
-		}
-		for _, j := range undecided {
-			if now[j.global] {
-				// Commit it; the decision is forgotten by a later pass.
-				j.commit = true
-				open[j.global] = true
-			}
-			jobs = append(jobs, j)
-		}
-	}
-	var mu sync.Mutex
-	sem := make(chan struct{}, recoverParallel)
-	parallel(jobs, func(_ int, j job) error {
-		sem <- struct{}{}
-		defer func() { <-sem }()
-		db := c.resources[j.resource]
-		if j.commit {
-			err := CommitPrepared(ctx, db, j.name)
-			mu.Lock()
-			defer mu.Unlock()
-			if err != nil && !errors.Is(err, ErrUnknownName) {
-				errs = append(errs, fmt.Errorf("dtx: recover: commit %s: %w", j.name, err))
-				open[j.global] = true
-				return nil
-			}
-			rep.Committed = append(rep.Committed, j.name)
-			return nil
-		}
-		err := RollbackPrepared(ctx, db, j.name)
-		mu.Lock()
-		defer mu.Unlock()
-		switch {
-		case err == nil, errors.Is(err, ErrUnknownName):
-			rep.RolledBack = append(rep.RolledBack, j.name)
-		case errors.Is(err, ErrAlreadyFinished):
-			// This process committed it after the listing: the branch of
-			// a decided global that finished meanwhile. Nothing to do.
-		default:
-			errs = append(errs, fmt.Errorf("dtx: recover: roll back %s: %w", j.name, err))
-		}
-		return nil
-	})
-	for g := range decided {
-		if open[g] || c.inFlight(g) {
-			continue
-		}
-		if err := c.log.Forget(ctx, g); err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		rep.Forgotten = append(rep.Forgotten, g)
-	}
-	sort.Strings(rep.Committed)
-	sort.Strings(rep.RolledBack)
-	sort.Strings(rep.Waiting)
-	sort.Strings(rep.Forgotten)
-	return rep, errors.Join(errs...)
-}
-
-// recoverParallel bounds how many branches one Recover pass finishes at once.
-const recoverParallel = 16
 
 func (c *Coordinator) inFlight(global string) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.active[global]
 }
+
+// forgetLater queues a finished global's decision for deletion in a batch,
+// off Do's path. A full queue drops it: recovery forgets it later.
+func (c *Coordinator) forgetLater(global string) {
+	select {
+	case c.forget <- global:
+	default:
+	}
+}
+
+// forgetLoop deletes queued decisions in batches of up to 256, at most
+// every 50 ms, and flushes what is queued when the coordinator closes.
+func (c *Coordinator) forgetLoop() {
+	defer close(c.forgotten)
+	var batch []string
+	flush := func() {
+		if len(batch) == 0 {
+			return
+		}
+		// Not during a recovery pass: a pass that read the log before
+		// this global's decision and listed its branches before their
+		// commit must still find the decision when it fences the global.
+		c.recoverMu.Lock()
+		defer c.recoverMu.Unlock()
+		ctx, cancel := context.WithTimeout(context.Background(), c.timeout)
+		if err := c.log.Forget(ctx, batch...); err != nil {
+			c.logger.Warn("dtx: forgetting finished decisions failed; recovery retries", "globals", len(batch), "err", err)
+		}
+		cancel()
+		batch = batch[:0]
+	}
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case g, ok := <-c.forget:
+			if !ok {
+				flush()
+				return
+			}
+			batch = append(batch, g)
+			if len(batch) >= 256 {
+				flush()
+			}
+		case <-tick.C:
+			flush()
+		}
+	}
+}
+
+// hook is called at each step of the protocol; tests set it to kill the
+// process at a chosen point.
+var hook = func(point string) {}
 
 func (c *Coordinator) recoverLoop(interval time.Duration) {
 	defer close(c.stopped)
@@ -675,8 +467,9 @@ func (c *Coordinator) recoverLoop(interval time.Duration) {
 	}
 }
 
-// Close stops background recovery. It does not close the log or the
-// resources, which the caller owns.
+// Close stops background recovery, waits for asynchronous phase twos,
+// writes the queued forgets and frees the node id. It does not close the
+// log or the resources, which the caller owns.
 func (c *Coordinator) Close() error {
 	c.closeOnce.Do(func() {
 		select {
@@ -685,6 +478,16 @@ func (c *Coordinator) Close() error {
 			close(c.stop)
 		}
 		<-c.stopped
+		c.phase2.Wait()
+		close(c.forget)
+		<-c.forgotten
+		c.releaseNode()
 	})
 	return nil
+}
+
+func (c *Coordinator) releaseNode() {
+	liveNodes.Lock()
+	delete(liveNodes.m, c.node)
+	liveNodes.Unlock()
 }

@@ -142,7 +142,15 @@ func (postgresDialect) finish(ctx context.Context, db *sql.DB, name string, comm
 	if commit {
 		verb = "COMMIT PREPARED "
 	}
-	_, err := db.ExecContext(ctx, pgLiteral(verb, name))
+	// On a *sql.Conn, not the pool: the pool re-sends a statement whose
+	// reply was lost when the driver answers ErrBadConn, and a COMMIT
+	// PREPARED that did commit then comes back as "does not exist".
+	cn, err := db.Conn(ctx)
+	if err != nil {
+		return err
+	}
+	defer cn.Close()
+	_, err = cn.ExecContext(ctx, pgLiteral(verb, name))
 	if err == nil {
 		return nil
 	}

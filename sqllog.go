@@ -4,30 +4,67 @@ import (
 	"context"
 	"database/sql"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"time"
+
+	"github.com/go-sql-driver/mysql"
 )
 
-// SQLLog keeps decisions in a table of a PostgreSQL or MySQL/MariaDB
-// database, for coordinators that must not depend on one machine's disk or
-// that run on several nodes (each sees only its own node's rows). A
-// decision is durable when its INSERT commits. The table is created if
+// SQLLog keeps outcomes in a table of a PostgreSQL or MySQL/MariaDB
+// database: for coordinators that must not depend on one machine's disk, for
+// several nodes sharing one store, and, opened on one of a Coordinator's
+// resources, as the store the Coordinator uses by default (the decision then
+// commits inside that resource's own branch). The table is created if
 // absent:
 //
-//	global_id VARCHAR(64) PRIMARY KEY, node VARCHAR(64), state CHAR(1)
-//	('D' decided, 'F' finished with a heuristic outcome), branches TEXT
-//	(JSON), decided_at BIGINT (Unix ms), heuristic TEXT
+//	global_id  the global's id, primary key: the one key a decision and an
+//	           abort race for
+//	node       the deciding node
+//	state      'D' decided to commit, 'A' aborted, 'F' finished with a
+//	           heuristic outcome kept for an operator
+//	branches   JSON [{Resource, Name}]
+//	decided_at Unix ms: when decided; for an abort, when the global started
+//	heuristic  what went wrong, or NULL
+//
+// Every write is an explicit transaction (BeginTx … Commit, so a DSN or
+// server with autocommit off cannot leave it uncommitted) and, on
+// PostgreSQL, runs with synchronous_commit on, so that nothing is
+// acknowledged before it is durable. On MySQL/MariaDB durability also needs
+// innodb_flush_log_at_trx_commit = 1, which DurabilityWarning checks.
+//
+// A Decide and an Abort of one global insert the same primary key: the
+// database lets one in and the other fails as a duplicate, and while one is
+// uncommitted the other waits for it. A Decide also refuses a global older
+// than half the abort retention (by the database's clock, not the
+// coordinator's), so an abort row older than the whole retention can be
+// deleted: no late Decide can meet its key again.
 type SQLLog struct {
-	db    *sql.DB
-	table string
-	pg    bool
+	db        *sql.DB
+	table     string
+	pg        bool
+	retention time.Duration
+
+	mu        sync.Mutex
+	lastPurge time.Time
 }
 
 var _ Log = (*SQLLog)(nil)
 
+// DefaultAbortRetention is how long an abort is kept to fence a late
+// Decide of its global; Decide refuses a global older than half of it.
+const DefaultAbortRetention = 24 * time.Hour
+
+// abortWait bounds how long an Abort waits for a Decide of the same global
+// that is being committed right now; past it the global is left for a later
+// pass.
+const abortWait = time.Second
+
 // OpenSQLLog uses table (default "dtx_decisions") in db, which may be opened
-// through dtx or through the plain driver.
+// through dtx or through the plain driver. A table of the first design's
+// layout is used as it is (its decisions are read and finished).
 func OpenSQLLog(ctx context.Context, db *sql.DB, table string) (*SQLLog, error) {
 	if table == "" {
 		table = "dtx_decisions"
@@ -35,23 +72,61 @@ func OpenSQLLog(ctx context.Context, db *sql.DB, table string) (*SQLLog, error) 
 	if !validIdent(table) {
 		return nil, fmt.Errorf("%w: table name %q: want a letter or _ then up to 62 letters, digits or _", ErrInvalidName, table)
 	}
-	l := &SQLLog{db: db, table: table}
+	l := &SQLLog{db: db, table: table, retention: DefaultAbortRetention}
 	if d, err := driverOf(db); err == nil {
 		l.pg = d.dialect == Postgres
 	} else {
 		l.pg = !strings.Contains(strings.ToLower(fmt.Sprintf("%T", db.Driver())), "mysql")
 	}
+	// Binary comparison on MySQL/MariaDB: their default collation is case
+	// insensitive, and node "nodea" read node "NodeA"'s decisions.
+	id := "VARCHAR(64)"
+	if !l.pg {
+		id = "VARCHAR(64) CHARACTER SET ascii COLLATE ascii_bin"
+	}
 	_, err := db.ExecContext(ctx, "CREATE TABLE IF NOT EXISTS "+table+` (
-		global_id VARCHAR(64) NOT NULL PRIMARY KEY,
-		node VARCHAR(64) NOT NULL,
+		global_id `+id+` NOT NULL PRIMARY KEY,
+		node `+id+` NOT NULL,
 		state CHAR(1) NOT NULL,
 		branches TEXT NOT NULL,
 		decided_at BIGINT NOT NULL,
 		heuristic TEXT)`)
 	if err != nil {
-		return nil, fmt.Errorf("dtx: sql log: creating %s: %w", table, err)
+		return nil, fmt.Errorf("dtx: sql log: creating table %s (create it yourself with %s): %w", table, l.DDL(), err)
 	}
 	return l, nil
+}
+
+// DB is the database the log's table is in.
+func (l *SQLLog) DB() *sql.DB { return l.db }
+
+// DDL is the statement that creates the log's table, for a database user
+// that may not create it.
+func (l *SQLLog) DDL() string {
+	id := "VARCHAR(64)"
+	if !l.pg {
+		id = "VARCHAR(64) CHARACTER SET ascii COLLATE ascii_bin"
+	}
+	return "CREATE TABLE " + l.table + " (global_id " + id + " NOT NULL PRIMARY KEY, node " + id +
+		" NOT NULL, state CHAR(1) NOT NULL, branches TEXT NOT NULL, decided_at BIGINT NOT NULL, heuristic TEXT)"
+}
+
+// DurabilityWarning returns why a committed row might not survive a crash
+// of the database server, or "" when the settings dtx can see are safe. On
+// MySQL/MariaDB that is innodb_flush_log_at_trx_commit other than 1;
+// PostgreSQL writes are made durable by dtx itself (synchronous_commit).
+func (l *SQLLog) DurabilityWarning(ctx context.Context) string {
+	if l.pg {
+		return ""
+	}
+	var v string
+	if err := l.db.QueryRowContext(ctx, "SELECT @@innodb_flush_log_at_trx_commit").Scan(&v); err != nil {
+		return "dtx: sql log: cannot read innodb_flush_log_at_trx_commit: " + err.Error()
+	}
+	if v != "1" {
+		return "dtx: sql log: innodb_flush_log_at_trx_commit = " + v + ": a committed decision can be lost if the MariaDB/MySQL server crashes; set it to 1"
+	}
+	return ""
 }
 
 func validIdent(s string) bool {
@@ -67,12 +142,18 @@ func validIdent(s string) bool {
 	return true
 }
 
-// q rewrites ? placeholders as $n for PostgreSQL.
+// q puts the table name in for T_ and rewrites ? placeholders as $n for
+// PostgreSQL; NOW_MS_ becomes the database's clock in Unix ms and INT64_ the
+// dialect's 64-bit integer type for CAST.
 func (l *SQLLog) q(query string) string {
 	query = strings.ReplaceAll(query, "T_", l.table)
 	if !l.pg {
-		return query
+		query = strings.ReplaceAll(query, "NOW_MS_", "CAST(UNIX_TIMESTAMP(NOW(3)) * 1000 AS SIGNED)")
+		return strings.ReplaceAll(query, "INT64_", "SIGNED")
 	}
+	query = strings.ReplaceAll(query, "NOW_MS_", "CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)")
+	query = strings.ReplaceAll(query, "INT64_", "BIGINT")
+	query = strings.ReplaceAll(query, " FROM DUAL", "")
 	var b strings.Builder
 	n := 0
 	for _, r := range query {
@@ -86,42 +167,178 @@ func (l *SQLLog) q(query string) string {
 	return b.String()
 }
 
-// Decide implements Log with an INSERT in autocommit.
+// txExecer is a *sql.Tx or a *sql.Conn.
+type txExecer interface {
+	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
+}
+
+// Decide implements Log in a transaction of its own.
 func (l *SQLLog) Decide(ctx context.Context, d Decision) error {
+	err := l.inTx(ctx, func(tx *sql.Tx) error { return l.insertDecision(ctx, tx, d) })
+	return l.decideOutcome(ctx, d.Global, err)
+}
+
+// insertDecision inserts d's row in tx, unless d's global is too old to be
+// decided (its abort may have been dropped already): then ErrAborted.
+func (l *SQLLog) insertDecision(ctx context.Context, tx txExecer, d Decision) error {
 	bs, err := json.Marshal(d.Branches)
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrNotDecided, err)
+	}
+	query := "INSERT INTO T_ (global_id, node, state, branches, decided_at) SELECT ?, ?, 'D', ?, CAST(? AS INT64_) FROM DUAL"
+	args := []any{d.Global, d.Node, string(bs), d.At.UnixMilli()}
+	if at, ok := globalTime(d.Global); ok {
+		query += " WHERE CAST(? AS INT64_) > NOW_MS_ - CAST(? AS INT64_)"
+		args = append(args, at.UnixMilli(), (l.retention / 2).Milliseconds())
+	}
+	res, err := tx.ExecContext(ctx, l.q(query), args...)
 	if err != nil {
 		return err
 	}
-	_, err = l.db.ExecContext(ctx, l.q("INSERT INTO T_ (global_id, node, state, branches, decided_at) VALUES (?, ?, 'D', ?, ?)"),
-		d.Global, d.Node, string(bs), d.At.UnixMilli())
-	return err
-}
-
-// Abort implements Log (provisional: the fenced version follows).
-func (l *SQLLog) Abort(ctx context.Context, global string) (*Decision, error) {
-	return nil, nil
-}
-
-// Forget implements Log: the rows go, unless they record a heuristic outcome.
-func (l *SQLLog) Forget(ctx context.Context, globals ...string) error {
-	for _, g := range globals {
-		if err := l.forget(ctx, g); err != nil {
-			return err
-		}
+	if n, err := res.RowsAffected(); err == nil && n == 0 {
+		return fmt.Errorf("%w: global %s is older than half the abort retention (%v) by the database's clock", ErrAborted, d.Global, l.retention)
 	}
 	return nil
 }
 
-func (l *SQLLog) forget(ctx context.Context, global string) error {
-	res, err := l.db.ExecContext(ctx, l.q("DELETE FROM T_ WHERE global_id = ? AND heuristic IS NULL"), global)
+// decideOutcome turns the error of a decision's transaction into Decide's
+// answer: a duplicate key is the global's existing row speaking.
+func (l *SQLLog) decideOutcome(ctx context.Context, global string, err error) error {
+	switch {
+	case err == nil, errors.Is(err, ErrAborted), errors.Is(err, ErrNotDecided):
+		return err
+	case l.duplicate(err):
+		st, _, rerr := l.read(ctx, global)
+		switch {
+		case rerr != nil:
+			return fmt.Errorf("dtx: sql log: global %s already has a row, which could not be read: %w", global, rerr)
+		case st == 'A':
+			return fmt.Errorf("%w: global %s", ErrAborted, global)
+		}
+		return nil // decided before: a retry
+	case serverError(err):
+		// The server refused the statement or the commit: the
+		// transaction rolled back and nothing was recorded.
+		return fmt.Errorf("%w: %w", ErrNotDecided, err)
+	}
+	return fmt.Errorf("dtx: sql log: deciding global %s: %w", global, err)
+}
+
+// Abort implements Log: it inserts the abort row, waiting at most abortWait
+// for a Decide of the same global that holds the key uncommitted.
+func (l *SQLLog) Abort(ctx context.Context, global string) (*Decision, error) {
+	var at int64
+	if t, ok := globalTime(global); ok {
+		at = t.UnixMilli()
+	}
+	err := l.inTx(ctx, func(tx *sql.Tx) error {
+		q := "INSERT INTO T_ (global_id, node, state, branches, decided_at) VALUES (?, '', 'A', '[]', ?)"
+		if l.pg {
+			if _, err := tx.ExecContext(ctx, fmt.Sprintf("SET LOCAL lock_timeout = %d", abortWait.Milliseconds())); err != nil {
+				return err
+			}
+		} else {
+			q = fmt.Sprintf("SET STATEMENT innodb_lock_wait_timeout = %d FOR ", int(abortWait.Seconds())) + q
+		}
+		_, err := tx.ExecContext(ctx, l.q(q), global, at)
+		return err
+	})
+	switch {
+	case err == nil:
+		return nil, nil
+	case l.duplicate(err):
+		st, d, rerr := l.read(ctx, global)
+		if rerr != nil {
+			return nil, fmt.Errorf("dtx: sql log: global %s already has a row, which could not be read: %w", global, rerr)
+		}
+		if st == 'A' {
+			return nil, nil
+		}
+		return d, nil
+	case l.lockTimeout(err):
+		return nil, fmt.Errorf("dtx: sql log: global %s is being decided right now: %w", global, err)
+	}
+	return nil, fmt.Errorf("dtx: sql log: aborting global %s: %w", global, err)
+}
+
+// inTx runs f in a transaction and commits it; on PostgreSQL the commit
+// waits for its WAL flush whatever synchronous_commit says elsewhere.
+func (l *SQLLog) inTx(ctx context.Context, f func(*sql.Tx) error) error {
+	tx, err := l.db.BeginTx(ctx, nil)
 	if err != nil {
 		return err
 	}
-	if n, err := res.RowsAffected(); err == nil && n > 0 {
+	if l.pg {
+		if _, err := tx.ExecContext(ctx, "SET LOCAL synchronous_commit = on"); err != nil {
+			tx.Rollback()
+			return err
+		}
+	}
+	if err := f(tx); err != nil {
+		tx.Rollback()
+		return err
+	}
+	return tx.Commit()
+}
+
+// read returns the state of global's row and, when decided, the decision.
+func (l *SQLLog) read(ctx context.Context, global string) (byte, *Decision, error) {
+	var st, bs string
+	var d Decision
+	var at int64
+	err := l.db.QueryRowContext(ctx, l.q("SELECT global_id, node, state, branches, decided_at FROM T_ WHERE global_id = ?"), global).
+		Scan(&d.Global, &d.Node, &st, &bs, &at)
+	if err != nil {
+		return 0, nil, err
+	}
+	if st == "A" {
+		return 'A', nil, nil
+	}
+	if err := json.Unmarshal([]byte(bs), &d.Branches); err != nil {
+		return 0, nil, fmt.Errorf("%w: %s row %s: %v", ErrLogCorrupt, l.table, global, err)
+	}
+	d.At = time.UnixMilli(at).UTC()
+	return st[0], &d, nil
+}
+
+// Forget implements Log: the decided rows go in one statement, except those
+// recording a heuristic outcome, which are marked finished. Abort rows older
+// than the retention are deleted at most once a minute.
+func (l *SQLLog) Forget(ctx context.Context, globals ...string) error {
+	if len(globals) > 0 {
+		in := "(?" + strings.Repeat(", ?", len(globals)-1) + ")"
+		args := make([]any, len(globals))
+		for i, g := range globals {
+			args[i] = g
+		}
+		if _, err := l.db.ExecContext(ctx, l.q("DELETE FROM T_ WHERE global_id IN "+in+" AND state = 'D' AND heuristic IS NULL"), args...); err != nil {
+			return fmt.Errorf("dtx: sql log: forgetting: %w", err)
+		}
+		if _, err := l.db.ExecContext(ctx, l.q("UPDATE T_ SET state = 'F' WHERE global_id IN "+in+" AND state = 'D'"), args...); err != nil {
+			return fmt.Errorf("dtx: sql log: forgetting: %w", err)
+		}
+	}
+	return l.purgeAborts(ctx)
+}
+
+// purgeAborts deletes abort rows whose global started more than the
+// retention ago by the database's clock: Decide refuses such a global
+// already at half that age.
+func (l *SQLLog) purgeAborts(ctx context.Context) error {
+	l.mu.Lock()
+	due := time.Since(l.lastPurge) > time.Minute
+	if due {
+		l.lastPurge = time.Now()
+	}
+	l.mu.Unlock()
+	if !due {
 		return nil
 	}
-	_, err = l.db.ExecContext(ctx, l.q("UPDATE T_ SET state = 'F' WHERE global_id = ?"), global)
-	return err
+	_, err := l.db.ExecContext(ctx, l.q("DELETE FROM T_ WHERE state = 'A' AND decided_at > 0 AND decided_at < NOW_MS_ - CAST(? AS INT64_)"), l.retention.Milliseconds())
+	if err != nil {
+		return fmt.Errorf("dtx: sql log: dropping old aborts: %w", err)
+	}
+	return nil
 }
 
 // Heuristic implements Log.
@@ -130,9 +347,14 @@ func (l *SQLLog) Heuristic(ctx context.Context, global, detail string) error {
 	return err
 }
 
-// Pending implements Log.
+// Pending implements Log. Node is compared exactly, whatever the table's
+// collation (a table made by the first design may compare without case).
 func (l *SQLLog) Pending(ctx context.Context, node string) ([]Decision, error) {
-	rows, err := l.db.QueryContext(ctx, l.q("SELECT global_id, node, branches, decided_at FROM T_ WHERE node = ? AND state = 'D' ORDER BY global_id"), node)
+	query, args := "SELECT global_id, node, branches, decided_at FROM T_ WHERE state = 'D' ORDER BY global_id", []any(nil)
+	if node != "" {
+		query, args = "SELECT global_id, node, branches, decided_at FROM T_ WHERE node = ? AND state = 'D' ORDER BY global_id", []any{node}
+	}
+	rows, err := l.db.QueryContext(ctx, l.q(query), args...)
 	if err != nil {
 		return nil, err
 	}
@@ -145,11 +367,97 @@ func (l *SQLLog) Pending(ctx context.Context, node string) ([]Decision, error) {
 		if err := rows.Scan(&d.Global, &d.Node, &bs, &at); err != nil {
 			return nil, err
 		}
+		if node != "" && d.Node != node {
+			continue
+		}
 		if err := json.Unmarshal([]byte(bs), &d.Branches); err != nil {
 			return nil, fmt.Errorf("%w: %s row %s: %v", ErrLogCorrupt, l.table, d.Global, err)
 		}
 		d.At = time.UnixMilli(at).UTC()
 		out = append(out, d)
+	}
+	return out, rows.Err()
+}
+
+// Heuristics returns the heuristic outcomes recorded, by global.
+func (l *SQLLog) Heuristics(ctx context.Context) (map[string]string, error) {
+	rows, err := l.db.QueryContext(ctx, l.q("SELECT global_id, heuristic FROM T_ WHERE heuristic IS NOT NULL"))
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	out := map[string]string{}
+	for rows.Next() {
+		var g, h string
+		if err := rows.Scan(&g, &h); err != nil {
+			return nil, err
+		}
+		out[g] = h
+	}
+	return out, rows.Err()
+}
+
+func (l *SQLLog) duplicate(err error) bool {
+	return sqlState(err) == "23505" || myErrno(err) == 1062
+}
+
+func (l *SQLLog) lockTimeout(err error) bool {
+	return sqlState(err) == "55P03" || myErrno(err) == 1205
+}
+
+// serverError reports whether err is an answer of the database server (the
+// statement or transaction was refused), as opposed to a lost connection.
+func serverError(err error) bool {
+	var me *mysql.MySQLError
+	return sqlState(err) != "" || errors.As(err, &me)
+}
+
+// decideIn inserts d's decision row in tx, the decision resource's own
+// branch: that branch's one-phase commit is then the decision.
+func (l *SQLLog) decideIn(ctx context.Context, tx *sql.Tx, d Decision) error {
+	if l.pg {
+		if _, err := tx.ExecContext(ctx, "SET LOCAL synchronous_commit = on"); err != nil {
+			return err
+		}
+	}
+	err := l.insertDecision(ctx, tx, d)
+	if l.duplicate(err) {
+		return fmt.Errorf("%w: global %s: %w", ErrAborted, d.Global, err)
+	}
+	return err
+}
+
+// nodeKey is the row that records a node writing to this store: a key no
+// global id (32 hex digits) can take.
+func nodeKey(node string) string { return "node:" + node }
+
+// addNode records that node writes to this store, so that the other nodes'
+// recovery may take over its globals; state 'N' rows are never pending.
+func (l *SQLLog) addNode(ctx context.Context, node string) error {
+	err := l.inTx(ctx, func(tx *sql.Tx) error {
+		_, err := tx.ExecContext(ctx, l.q("INSERT INTO T_ (global_id, node, state, branches, decided_at) VALUES (?, ?, 'N', '[]', NOW_MS_)"), nodeKey(node), node)
+		return err
+	})
+	if l.duplicate(err) {
+		return nil
+	}
+	return err
+}
+
+// nodes returns the nodes that write to this store.
+func (l *SQLLog) nodes(ctx context.Context) (map[string]bool, error) {
+	rows, err := l.db.QueryContext(ctx, l.q("SELECT node FROM T_ WHERE state = 'N'"))
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	out := map[string]bool{}
+	for rows.Next() {
+		var n string
+		if err := rows.Scan(&n); err != nil {
+			return nil, err
+		}
+		out[n] = true
 	}
 	return out, rows.Err()
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql/driver"
 	"errors"
+	"time"
 )
 
 // tx is a named transaction on one conn. database/sql's *sql.Tx drives it:
@@ -15,6 +16,12 @@ type tx struct {
 }
 
 var _ driver.Tx = (*tx)(nil)
+
+// prepareTimeout bounds PREPARE TRANSACTION / XA PREPARE (and a one-phase
+// commit). A prepare cut off by it has an unknown outcome on MySQL (the
+// session is discarded, which detaches a prepared branch) and is refused
+// on PostgreSQL (a cancelled statement aborts the transaction).
+const prepareTimeout = 30 * time.Second
 
 // beginNamed starts the transaction named name. The name is checked and
 // reserved in this process before any SQL runs.
@@ -44,8 +51,11 @@ func (c *conn) beginNamed(ctx context.Context, n *named, opts driver.TxOptions) 
 // registered as prepared, to be finished by CommitDistributed or
 // RollbackDistributed.
 func (t *tx) Commit() error {
-	// database/sql has checked ctx; PREPARE must not be cut off halfway.
-	ctx := context.WithoutCancel(t.ctx)
+	// database/sql has checked ctx; PREPARE must not be cut off halfway by
+	// a cancel, but it gets a deadline of its own: a server that never
+	// answers must not hold the caller forever.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(t.ctx), prepareTimeout)
+	defer cancel()
 	if reg.isOnePhase(t.e) {
 		err := t.c.c.dialect().commitOnePhase(ctx, t.c, t.e.name)
 		reg.drop(t.e)
