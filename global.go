@@ -224,11 +224,13 @@ func (g *Global) vote(ctx context.Context, ro, others []*branch, decider *branch
 	if decider != nil {
 		jobs = append(jobs, func() error { return g.c.sqlLog.decideIn(ctx, decider.tx, d) })
 	}
-	errs := parallel(jobs, func(_ int, f func() error) error { return f() })
-	if err := errors.Join(errs...); err != nil {
-		return err
+	err := errors.Join(parallel(jobs, func(_ int, f func() error) error { return f() })...)
+	if cerr := ctx.Err(); cerr != nil {
+		// The caller's cancel or the timeout is the cause; what it cut
+		// off (a bad connection) is the detail.
+		return errors.Join(cerr, err)
 	}
-	return ctx.Err()
+	return err
 }
 
 // decide makes the commit decision durable: the decider's one-phase commit,
