@@ -43,9 +43,18 @@ import (
 // crPoints are the deterministic kill points: the coordinator's hook
 // points. Branch 0 is the one begun first, PostgreSQL or MariaDB at random.
 var crPoints = []string{
-	"before-prepare", "prepared:0", "prepared:1", "decided",
+	"before-prepare", "prepared:0", "prepared:1", "before-decide", "decided",
 	"committed:0", "committed:1", "before-done", "before-commit-one-phase",
 }
+
+// crKinds are the stores a trial can keep outcomes in: "file" (FileLog),
+// "sqlpg" and "sqlmy" (SQLLog in a table of a database that takes no part
+// in the globals), "inpg" and "inmy" (the decision committed inside the
+// PostgreSQL or MariaDB branch: CoordinatorOptions.Log nil). In the last
+// two the decider's branch is never prepared, so its "prepared:<n>" and
+// "committed:<n>" points pass only for the other branch, which is branch
+// 0 or 1 at random.
+var crKinds = []string{"file", "sqlpg", "sqlmy", "inpg", "inmy"}
 
 const (
 	crAccounts = 4
@@ -65,6 +74,7 @@ type crConfig struct {
 	Point   string // a kill point, or "random"
 	Skip    int    // times the kill point passes before the kill
 	Workers int
+	Multi   bool // a node of a multi-node trial (crash_multi_test.go)
 }
 
 // TestCrashChild is the child process of TestCrash.
@@ -93,17 +103,19 @@ func crChild(cfg crConfig) error {
 	if err != nil {
 		return err
 	}
-	log, _, err := crOpenLog(ctx, cfg.Log, cfg.LogPath, cfg.PgDSN, cfg.MyDSN)
-	if err != nil {
-		return err
-	}
-	c, err := dtx.NewCoordinator(dtx.CoordinatorOptions{
-		Log:             log,
+	opts := dtx.CoordinatorOptions{
 		Resources:       map[string]*sql.DB{"pg": pg, "my": my},
 		Node:            cfg.Node,
 		Timeout:         10 * time.Second,
 		RecoverInterval: -1,
-	})
+	}
+	if err := crStore(ctx, &opts, cfg.Log, cfg.LogPath, cfg.PgDSN, cfg.MyDSN); err != nil {
+		return err
+	}
+	if cfg.Multi {
+		return crMultiChild(ctx, cfg, opts)
+	}
+	c, err := dtx.NewCoordinator(opts)
 	if err != nil {
 		return err
 	}
@@ -220,8 +232,23 @@ func crOnePhase(cfg crConfig, rng *mrand.Rand) func(context.Context, *dtx.Global
 	}
 }
 
+// crStore sets opts up to keep outcomes in the store of kind: a log of its
+// own, or (inpg, inmy) a table of a resource, named path.
+func crStore(ctx context.Context, opts *dtx.CoordinatorOptions, kind, path, pgDSN, myDSN string) error {
+	switch kind {
+	case "inpg", "inmy":
+		opts.DecisionResource = map[string]string{"inpg": "pg", "inmy": "my"}[kind]
+		opts.DecisionTable = path
+		return nil
+	}
+	log, _, err := crOpenLog(ctx, kind, path, pgDSN, myDSN)
+	opts.Log = log
+	return err
+}
+
 // crOpenLog opens a log and returns it with a function that closes it and
-// the pool it uses.
+// the pool it uses. The decision tables of inpg and inmy open as the SQL
+// logs they are, through the plain drivers, for reading.
 func crOpenLog(ctx context.Context, kind, path, pgDSN, myDSN string) (dtx.Log, func(), error) {
 	var db *sql.DB
 	var err error
@@ -232,9 +259,9 @@ func crOpenLog(ctx context.Context, kind, path, pgDSN, myDSN string) (dtx.Log, f
 			return nil, nil, err
 		}
 		return l, func() { l.Close() }, nil
-	case "sqlpg":
+	case "sqlpg", "inpg":
 		db, err = sql.Open("postgres", pgDSN)
-	case "sqlmy":
+	case "sqlmy", "inmy":
 		db, err = sql.Open("mysql", myDSN)
 	default:
 		return nil, nil, fmt.Errorf("unknown log kind %q", kind)
@@ -306,18 +333,16 @@ func TestCrash(t *testing.T) {
 	n, _ := strconv.Atoi(os.Getenv("DTX_CRASH_TRIALS"))
 	rng := mrand.New(mrand.NewPCG(uint64(time.Now().UnixNano()), 7))
 	if n <= 0 {
-		for _, kind := range []string{"file", "sqlpg"} {
+		for _, kind := range []string{"file", "inpg"} {
 			for _, p := range crPoints {
 				plan = append(plan, crTrialSpec{log: kind, point: p, skip: rng.IntN(3), workers: 4})
 			}
 		}
-		for _, kind := range []string{"file", "sqlpg", "sqlmy"} {
-			for i := 0; i < 2; i++ {
-				plan = append(plan, crTrialSpec{log: kind, point: crRandom, workers: 16})
-			}
+		for _, kind := range crKinds {
+			plan = append(plan, crTrialSpec{log: kind, point: crRandom, workers: 16})
 		}
 	} else {
-		kinds := []string{"file", "sqlpg", "sqlmy"}
+		kinds := crKinds
 		var points []string
 		points = append(points, crPoints...)
 		for range crPoints {
@@ -414,9 +439,9 @@ func crTrial(t *testing.T, env *crEnv, spec crTrialSpec, rng *mrand.Rand) (r crR
 	switch spec.log {
 	case "file":
 		cfg.LogPath = filepath.Join(env.dir, node)
-	case "sqlpg":
+	case "sqlpg", "inpg":
 		cfg.LogPath = pgLog
-	case "sqlmy":
+	case "sqlmy", "inmy":
 		cfg.LogPath = "crlog"
 	}
 
@@ -506,13 +531,30 @@ func crTrial(t *testing.T, env *crEnv, spec crTrialSpec, rng *mrand.Rand) (r crR
 		r.harness = fmt.Errorf("reopening the log: %w", err)
 		return r
 	}
-	c, err := dtx.NewCoordinator(dtx.CoordinatorOptions{
-		Log:             log,
-		Resources:       map[string]*sql.DB{"pg": env.pg, "my": env.my},
+	myDTX, err := sql.Open("dtx+mysql", myDSN) // the trial's database: inmy's table is there
+	if err != nil {
+		closeLog()
+		r.harness = err
+		return r
+	}
+	defer myDTX.Close()
+	opts := dtx.CoordinatorOptions{
+		Resources:       map[string]*sql.DB{"pg": env.pg, "my": myDTX},
 		Node:            node,
 		RecoverGrace:    time.Millisecond, // the child is dead: nothing is in flight
 		RecoverInterval: -1,
-	})
+	}
+	opts.Log = log
+	if strings.HasPrefix(spec.log, "in") {
+		// The decision table of a resource, as the child had it.
+		opts.Log = nil
+		if err := crStore(ctx, &opts, spec.log, logPath, env.pgDSN, myDSN); err != nil {
+			closeLog()
+			r.harness = err
+			return r
+		}
+	}
+	c, err := dtx.NewCoordinator(opts)
 	if err != nil {
 		closeLog()
 		r.harness = err

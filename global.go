@@ -355,8 +355,10 @@ type branchOutcome struct {
 // backoff while ctx allows.
 //
 // A branch that is no longer prepared after an attempt whose outcome was
-// unknown (a lost reply) was committed by that attempt: the fence keeps
-// dtx from rolling back a decided global, so nothing else finished it. A
+// unknown (a lost reply) was committed by that attempt, and one gone after
+// the abandon age was committed by another node's recovery: the fence keeps
+// dtx from rolling back a decided global. Otherwise a gone branch was
+// finished by hand, which is a heuristic outcome. A
 // MariaDB branch that answers XA_RBROLLBACK was read-only or empty: the
 // server had nothing to commit, which is a commit.
 func (c *Coordinator) commitBranch(ctx context.Context, b BranchRef) branchOutcome {
@@ -368,7 +370,7 @@ func (c *Coordinator) commitBranch(ctx context.Context, b BranchRef) branchOutco
 		case err == nil:
 			return branchOutcome{}
 		case errors.Is(err, ErrUnknownName):
-			if unsure || errors.Is(err, ErrOutcomeUnknown) {
+			if unsure || errors.Is(err, ErrOutcomeUnknown) || c.takenOver(b.Name) {
 				return branchOutcome{}
 			}
 			return branchOutcome{err: err, heuristic: true}
@@ -386,6 +388,19 @@ func (c *Coordinator) commitBranch(ctx context.Context, b BranchRef) branchOutco
 		}
 		wait = min(2*wait, time.Second)
 	}
+}
+
+// takenOver reports whether another node's recovery may have finished the
+// branch: its global is past the abandon age (this coordinator was paused
+// or cut off that long). Recovery commits a decided global's branches and
+// never rolls them back, so a branch gone then was committed.
+func (c *Coordinator) takenOver(branch string) bool {
+	_, global, ok := parseBranch(branch)
+	if !ok || c.abandon < 0 {
+		return false
+	}
+	at, ok := globalTime(global)
+	return ok && time.Since(at) >= c.abandon
 }
 
 func parallel[T, R any](items []T, f func(int, T) R) []R {
