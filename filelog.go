@@ -513,7 +513,7 @@ func (l *FileLog) flushLocked() {
 	if len(l.buf) > 0 && l.err == nil {
 		l.appendLocked() // forgets queued while the batch was written; their error is not theirs to see
 	}
-	if l.err == nil && l.dead >= compactAfter && l.dead > 2*len(l.pending) {
+	if l.err == nil && l.dead >= compactAfter && l.dead > 2*(len(l.pending)+len(l.aborted)+len(l.heur)) {
 		// A failed compaction leaves the old file, which is still right, in
 		// use; compactLocked itself breaks the log when it cannot tell.
 		_ = l.compactLocked()

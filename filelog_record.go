@@ -44,6 +44,10 @@ func record(typ byte, v any) ([]byte, error) {
 	rec := make([]byte, recordHeader+1, recordHeader+1+len(body))
 	rec[recordHeader] = typ
 	rec = append(rec, body...)
+	if len(rec)-recordHeader > maxRecordSize {
+		// Refused here, or the log would not open again.
+		return nil, fmt.Errorf("record of %d bytes, more than the %d a log record may have", len(rec)-recordHeader, maxRecordSize)
+	}
 	binary.BigEndian.PutUint32(rec, uint32(len(rec)-recordHeader))
 	binary.BigEndian.PutUint32(rec[4:], crc32.Checksum(rec[:4], crcTable))
 	binary.BigEndian.PutUint32(rec[8:], crc32.Checksum(rec[recordHeader:], crcTable))

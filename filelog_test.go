@@ -467,6 +467,33 @@ func TestFileLogCompactionKeepsTriggeringRecord(t *testing.T) {
 	if h := l.Heuristics(); h["h1"] != "detail" {
 		t.Fatalf("Heuristics = %v, want h1", h)
 	}
+
+	churn(2 * compactAfter)
+	before = fileSize(t, path)
+	if d, err := l.Abort(ctx, "ga"); d != nil || err != nil {
+		t.Fatalf("Abort: %v, %v", d, err)
+	}
+	if after := fileSize(t, path); after >= before {
+		t.Fatalf("file grew from %d to %d bytes: the abort did not trigger a compaction", before, after)
+	}
+	l = reopen(t, l)
+	if err := l.Decide(ctx, Decision{Global: "ga"}); !errors.Is(err, ErrAborted) {
+		t.Fatalf("Decide after the abort that triggered a compaction: %v, want ErrAborted", err)
+	}
+	checkPending(t, l, keep)
+}
+
+// A decision too large for a record is refused before anything is written:
+// written, it would make the log impossible to open.
+func TestFileLogRecordTooLarge(t *testing.T) {
+	l := openTestLog(t, t.TempDir())
+	d := testDecision(1)
+	d.Branches[0].Name = strings.Repeat("x", maxRecordSize)
+	if err := l.Decide(context.Background(), d); !errors.Is(err, ErrNotDecided) {
+		t.Fatalf("Decide of a %d-byte decision: %v, want ErrNotDecided", maxRecordSize, err)
+	}
+	l = reopen(t, l)
+	checkPending(t, l)
 }
 
 func TestFileLogConcurrentDecide(t *testing.T) {
