@@ -675,6 +675,8 @@ type faultFile struct {
 	syncErr   error // Sync fails, except right after a Truncate (the cut back)
 	truncErr  error // Truncate fails
 	once      bool  // writeErr and syncErr fail one call, then clear
+	flaky     int   // when set, every flaky-th WriteAt and Sync fails
+	syncs     int
 	truncated bool
 	block     chan struct{} // when set, WriteAt waits until it is closed
 	writes    int
@@ -685,6 +687,9 @@ func (f *faultFile) WriteAt(b []byte, off int64) (int, error) {
 	f.mu.Lock()
 	f.writes++
 	block, err := f.block, f.writeErr
+	if f.flaky > 0 && f.writes%f.flaky == 0 {
+		err = errFlaky
+	}
 	if block != nil {
 		f.block = nil
 		close(f.blockedAt)
@@ -711,6 +716,10 @@ func (f *faultFile) WriteAt(b []byte, off int64) (int, error) {
 func (f *faultFile) Sync() error {
 	f.mu.Lock()
 	err := f.syncErr
+	f.syncs++
+	if f.flaky > 0 && f.syncs%f.flaky == 0 {
+		err = errFlaky
+	}
 	if f.truncated {
 		err, f.truncated = nil, false
 	}
@@ -740,6 +749,8 @@ func (f *faultFile) set(fn func(f *faultFile)) {
 	defer f.mu.Unlock()
 	fn(f)
 }
+
+var errFlaky = errors.New("injected flaky I/O error")
 
 // injectFaults puts a faultFile between l and its file.
 func injectFaults(l *FileLog) *faultFile {
@@ -1009,6 +1020,82 @@ func TestFileLogFencingRace(t *testing.T) {
 	}
 }
 
+// The fencing race again, with writes and fsyncs failing now and then: a
+// global is decided after a reopen exactly when a Decide of it returned
+// nil, and aborted exactly when an Abort did; failed calls left nothing.
+func TestFileLogFencingRaceWithFailures(t *testing.T) {
+	const n, each = 200, 2
+	ctx := context.Background()
+	l := openTestLog(t, t.TempDir())
+	ff := injectFaults(l)
+	ff.set(func(f *faultFile) { f.flaky = 3 })
+	decideErr := make([][each]error, n)
+	abortDec := make([][each]*Decision, n)
+	abortErr := make([][each]error, n)
+	for round := range 10 { // rounds, so that there are enough batches to fail
+		var wg sync.WaitGroup
+		for i := round * n / 10; i < (round+1)*n/10; i++ {
+			for j := range each {
+				wg.Go(func() { decideErr[i][j] = l.Decide(ctx, testDecision(i)) })
+				wg.Go(func() { abortDec[i][j], abortErr[i][j] = l.Abort(ctx, testDecision(i).Global) })
+			}
+		}
+		wg.Wait()
+	}
+	if err := l.Err(); err != nil {
+		t.Fatalf("Err after failures that were all cut back: %v", err)
+	}
+	ff.set(func(f *faultFile) { f.flaky = 0 })
+	var decided []Decision
+	failed := 0
+	l = reopen(t, l)
+	for i := range n {
+		d := testDecision(i)
+		var dec, abo, refused bool
+		for j := range each {
+			switch err := decideErr[i][j]; {
+			case err == nil:
+				dec = true
+			case errors.Is(err, ErrNotDecided):
+				failed++
+				if !errors.Is(err, errFlaky) {
+					t.Fatalf("%s: Decide: %v", d.Global, err)
+				}
+			case errors.Is(err, ErrAborted):
+				refused = true
+			default:
+				t.Fatalf("%s: Decide: %v", d.Global, err)
+			}
+			switch {
+			case abortErr[i][j] == nil && abortDec[i][j] == nil:
+				abo = true
+			case abortErr[i][j] != nil:
+				failed++
+				if !errors.Is(abortErr[i][j], errFlaky) {
+					t.Fatalf("%s: Abort: %v", d.Global, abortErr[i][j])
+				}
+			}
+		}
+		if dec && abo {
+			t.Fatalf("%s both decided and aborted", d.Global)
+		}
+		if refused && !abo {
+			t.Fatalf("%s: a Decide returned ErrAborted, but no Abort succeeded", d.Global)
+		}
+		if dec {
+			decided = append(decided, d)
+		}
+		if l.aborted[d.Global] != abo {
+			t.Fatalf("%s: aborted after reopen %v, but an Abort succeeded: %v", d.Global, l.aborted[d.Global], abo)
+		}
+	}
+	t.Logf("%d decided, %d aborted, %d calls failed", len(decided), len(l.aborted), failed)
+	if failed == 0 {
+		t.Fatal("no call failed: the faults were not injected")
+	}
+	checkPending(t, l, decided...)
+}
+
 // uuidV7At returns a global id (a UUIDv7 in hex) that started at t.
 func uuidV7At(t time.Time) string {
 	u := uuid.Must(uuid.NewV7())
@@ -1078,7 +1165,7 @@ func TestFileLogNode(t *testing.T) {
 	}
 	for _, l := range []*FileLog{a, b} {
 		id := l.Node()
-		if !validNodeID(id) || validNode(id) != nil {
+		if !validNodeID(id) {
 			t.Fatalf("node id %q is not letters and digits of at most %d bytes", id, maxNodeIDLen)
 		}
 		if again := reopen(t, l).Node(); again != id {
