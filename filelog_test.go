@@ -4,16 +4,22 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
+	"hash/crc32"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"sort"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
+
+	"github.com/google/uuid"
 )
 
 // testDecision is a decision with every field set, distinct per i.
@@ -133,7 +139,7 @@ func recordBounds(t *testing.T, data []byte) []int {
 	off := len(fileLogMagic)
 	bounds := []int{off}
 	for off < len(data) {
-		off += 8 + int(binary.BigEndian.Uint32(data[off:]))
+		off += recordHeader + int(binary.BigEndian.Uint32(data[off:]))
 		if off > len(data) {
 			t.Fatalf("record runs past the end of the file")
 		}
@@ -290,7 +296,7 @@ func TestFileLogTrailingZeros(t *testing.T) {
 	// reached the disk: its tail reads as zeros, and so does everything after.
 	t.Run("after a torn last record", func(t *testing.T) {
 		torn := bytes.Clone(data)
-		mid := (bounds[2] + 8 + bounds[3]) / 2
+		mid := (bounds[2] + recordHeader + bounds[3]) / 2
 		clear(torn[mid:])
 		dir := writeLog(t, append(torn, zeros...))
 		l, err := OpenFileLog(dir)
@@ -306,12 +312,13 @@ func TestFileLogTrailingZeros(t *testing.T) {
 }
 
 func TestFileLogChecksum(t *testing.T) {
-	data, ds := sampleLog(t, 3)
+	data, _ := sampleLog(t, 3)
 	bounds := recordBounds(t, data)
 
 	t.Run("record before the last", func(t *testing.T) {
-		// Every byte of the middle record's payload, and its checksum.
-		for i := bounds[1] + 4; i < bounds[2]; i++ {
+		// Every byte of the middle record: its length, both checksums and
+		// its payload.
+		for i := bounds[1]; i < bounds[2]; i++ {
 			bad := bytes.Clone(data)
 			bad[i] ^= 0x20
 			dir := writeLog(t, bad)
@@ -329,19 +336,27 @@ func TestFileLogChecksum(t *testing.T) {
 		}
 	})
 
+	// A whole last record with a bad checksum is not what a crash leaves
+	// (that is a record cut short, or zeros): it could be an acknowledged
+	// decision, so it is not cut off either.
 	t.Run("last record", func(t *testing.T) {
 		bad := bytes.Clone(data)
 		bad[bounds[3]-2] ^= 0x20
 		dir := writeLog(t, bad)
-		l := openTestLog(t, dir)
-		checkPending(t, l, ds[0], ds[1])
-		if n := fileSize(t, filepath.Join(dir, fileLogName)); n != int64(bounds[2]) {
-			t.Fatalf("file is %d bytes, want %d", n, bounds[2])
+		l, err := OpenFileLog(dir)
+		if !errors.Is(err, ErrLogCorrupt) {
+			if l != nil {
+				l.Close()
+			}
+			t.Fatalf("OpenFileLog error %v, want ErrLogCorrupt", err)
+		}
+		if got, _ := os.ReadFile(filepath.Join(dir, fileLogName)); !bytes.Equal(got, bad) {
+			t.Fatal("OpenFileLog changed a corrupt file")
 		}
 	})
 
 	t.Run("not a dtx log", func(t *testing.T) {
-		for _, content := range []string{"hello, world\n", "DTXLOG2\nsomething", "X"} {
+		for _, content := range []string{"hello, world\n", "DTXLOG9\nsomething", "X", "DTXLOG2\nsomething longer than a header"} {
 			dir := writeLog(t, []byte(content))
 			l, err := OpenFileLog(dir)
 			if !errors.Is(err, ErrLogCorrupt) {
@@ -452,6 +467,33 @@ func TestFileLogCompactionKeepsTriggeringRecord(t *testing.T) {
 	if h := l.Heuristics(); h["h1"] != "detail" {
 		t.Fatalf("Heuristics = %v, want h1", h)
 	}
+
+	churn(2 * compactAfter)
+	before = fileSize(t, path)
+	if d, err := l.Abort(ctx, "ga"); d != nil || err != nil {
+		t.Fatalf("Abort: %v, %v", d, err)
+	}
+	if after := fileSize(t, path); after >= before {
+		t.Fatalf("file grew from %d to %d bytes: the abort did not trigger a compaction", before, after)
+	}
+	l = reopen(t, l)
+	if err := l.Decide(ctx, Decision{Global: "ga"}); !errors.Is(err, ErrAborted) {
+		t.Fatalf("Decide after the abort that triggered a compaction: %v, want ErrAborted", err)
+	}
+	checkPending(t, l, keep)
+}
+
+// A decision too large for a record is refused before anything is written:
+// written, it would make the log impossible to open.
+func TestFileLogRecordTooLarge(t *testing.T) {
+	l := openTestLog(t, t.TempDir())
+	d := testDecision(1)
+	d.Branches[0].Name = strings.Repeat("x", maxRecordSize)
+	if err := l.Decide(context.Background(), d); !errors.Is(err, ErrNotDecided) {
+		t.Fatalf("Decide of a %d-byte decision: %v, want ErrNotDecided", maxRecordSize, err)
+	}
+	l = reopen(t, l)
+	checkPending(t, l)
 }
 
 func TestFileLogConcurrentDecide(t *testing.T) {
@@ -564,18 +606,7 @@ func TestFileLogWriteError(t *testing.T) {
 	if err := l.Decide(ctx, testDecision(2)); err == nil {
 		t.Fatal("Decide succeeded on a file that cannot be written")
 	}
-	if err := l.Decide(ctx, testDecision(3)); !errors.Is(err, ErrLogClosed) {
-		t.Fatalf("Decide after a write error: %v, want ErrLogClosed", err)
-	}
-	if err := l.Heuristic(ctx, d.Global, "x"); !errors.Is(err, ErrLogClosed) {
-		t.Fatalf("Heuristic after a write error: %v, want ErrLogClosed", err)
-	}
-	if err := l.Forget(ctx, d.Global); !errors.Is(err, ErrLogClosed) {
-		t.Fatalf("Forget after a write error: %v, want ErrLogClosed", err)
-	}
-	if ps, err := l.Pending(ctx, ""); !errors.Is(err, ErrLogClosed) {
-		t.Fatalf("Pending after a write error: %v, %v; want ErrLogClosed", globals(ps), err)
-	}
+	checkRefused(t, l, "after a write error", true)
 	l.Close()
 
 	// What reached the disk before the error is intact.
@@ -584,71 +615,37 @@ func TestFileLogWriteError(t *testing.T) {
 }
 
 func TestFileLogUseAfterClose(t *testing.T) {
-	ctx := context.Background()
 	l := openTestLog(t, t.TempDir())
 	d := testDecision(1)
 	mustDecide(t, l, d)
 	if err := l.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if err := l.Decide(ctx, testDecision(2)); !errors.Is(err, ErrLogClosed) {
-		t.Fatalf("Decide after Close: %v, want ErrLogClosed", err)
-	}
-	if err := l.Heuristic(ctx, d.Global, "x"); !errors.Is(err, ErrLogClosed) {
-		t.Fatalf("Heuristic after Close: %v, want ErrLogClosed", err)
-	}
-	if err := l.Forget(ctx, d.Global); !errors.Is(err, ErrLogClosed) {
-		t.Fatalf("Forget after Close: %v, want ErrLogClosed", err)
-	}
-	if _, err := l.Pending(ctx, ""); !errors.Is(err, ErrLogClosed) {
-		t.Fatalf("Pending after Close: %v, want ErrLogClosed", err)
-	}
+	checkRefused(t, l, "after Close", true)
 	if err := l.Close(); err != nil {
 		t.Fatalf("second Close: %v", err)
 	}
 }
 
-// Records queued behind a write that fails are not written after it: what
-// follows a failed write on disk could be a torn record in the middle of
-// the file, which would make the whole log unreadable.
-func TestFileLogNoWriteAfterWriteError(t *testing.T) {
+// checkRefused fails t unless every write to l, and Pending when pending
+// is set, returns ErrLogClosed; when says in what state l is.
+func checkRefused(t *testing.T, l *FileLog, when string, pending bool) {
+	t.Helper()
 	ctx := context.Background()
-	l := openTestLog(t, t.TempDir())
-	// The log writes into a pipe: a write blocks until the test reads,
-	// and every fsync fails (EINVAL on a pipe).
-	r, w, err := os.Pipe()
-	if err != nil {
-		t.Fatal(err)
+	if err := l.Decide(ctx, testDecision(900)); !errors.Is(err, ErrLogClosed) {
+		t.Fatalf("Decide %s: %v, want ErrLogClosed", when, err)
 	}
-	defer r.Close()
-	l.mu.Lock()
-	l.f.Close()
-	l.f = w
-	l.mu.Unlock()
-
-	big := testDecision(1) // larger than the pipe's buffer
-	big.Branches[0].Name = strings.Repeat("x", 1<<18)
-	bigRec, _ := record('D', big)
-	errA, errB := make(chan error, 1), make(chan error, 1)
-	go func() { errA <- l.Decide(ctx, big) }()
-	waitFor(t, l, func() bool { return l.flushing && len(l.waiters) == 0 }) // A is being written
-	go func() { errB <- l.Decide(ctx, testDecision(2)) }()
-	waitFor(t, l, func() bool { return len(l.waiters) == 1 }) // B waits for the next batch
-
-	read := make(chan []byte)
-	go func() {
-		b, _ := io.ReadAll(r)
-		read <- b
-	}()
-	if err := <-errA; err == nil {
-		t.Fatal("Decide succeeded though its fsync failed")
+	if _, err := l.Abort(ctx, "g-refused"); !errors.Is(err, ErrLogClosed) {
+		t.Fatalf("Abort %s: %v, want ErrLogClosed", when, err)
 	}
-	if err := <-errB; !errors.Is(err, ErrLogClosed) {
-		t.Fatalf("Decide queued behind a failed write: %v, want ErrLogClosed", err)
+	if err := l.Heuristic(ctx, "g-refused", "x"); !errors.Is(err, ErrLogClosed) {
+		t.Fatalf("Heuristic %s: %v, want ErrLogClosed", when, err)
 	}
-	l.Close() // closes w: the reader sees the end
-	if got := <-read; !bytes.Equal(got, bigRec) {
-		t.Fatalf("%d bytes written, want only the %d of the failed record", len(got), len(bigRec))
+	if err := l.Forget(ctx, testDecision(1).Global); !errors.Is(err, ErrLogClosed) {
+		t.Fatalf("Forget %s: %v, want ErrLogClosed", when, err)
+	}
+	if ps, err := l.Pending(ctx, ""); pending && !errors.Is(err, ErrLogClosed) {
+		t.Fatalf("Pending %s: %v, %v; want ErrLogClosed", when, globals(ps), err)
 	}
 }
 
@@ -667,5 +664,687 @@ func waitFor(t *testing.T, l *FileLog, cond func() bool) {
 			t.Fatal("timed out")
 		}
 		time.Sleep(time.Millisecond)
+	}
+}
+
+// faultFile is a log file whose writes, fsyncs and truncates fail on demand.
+type faultFile struct {
+	logFile
+	mu        sync.Mutex
+	writeErr  error // WriteAt writes half of what it is given, then fails
+	syncErr   error // Sync fails, except right after a Truncate (the cut back)
+	truncErr  error // Truncate fails
+	once      bool  // writeErr and syncErr fail one call, then clear
+	flaky     int   // when set, every flaky-th WriteAt and Sync fails
+	syncs     int
+	truncated bool
+	block     chan struct{} // when set, WriteAt waits until it is closed
+	writes    int
+	blockedAt chan struct{} // closed when a WriteAt starts waiting on block
+}
+
+func (f *faultFile) WriteAt(b []byte, off int64) (int, error) {
+	f.mu.Lock()
+	f.writes++
+	block, err := f.block, f.writeErr
+	if f.flaky > 0 && f.writes%f.flaky == 0 {
+		err = errFlaky
+	}
+	if block != nil {
+		f.block = nil
+		close(f.blockedAt)
+	}
+	f.mu.Unlock()
+	if block != nil {
+		<-block
+		f.mu.Lock()
+		err = f.writeErr
+		f.mu.Unlock()
+	}
+	if err != nil {
+		f.set(func(f *faultFile) {
+			if f.once {
+				f.writeErr = nil
+			}
+		})
+		n, _ := f.logFile.WriteAt(b[:len(b)/2], off)
+		return n, err
+	}
+	return f.logFile.WriteAt(b, off)
+}
+
+func (f *faultFile) Sync() error {
+	f.mu.Lock()
+	err := f.syncErr
+	f.syncs++
+	if f.flaky > 0 && f.syncs%f.flaky == 0 {
+		err = errFlaky
+	}
+	if f.truncated {
+		err, f.truncated = nil, false
+	}
+	if f.once {
+		f.syncErr = nil
+	}
+	f.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	return f.logFile.Sync()
+}
+
+func (f *faultFile) Truncate(n int64) error {
+	f.mu.Lock()
+	err := f.truncErr
+	f.truncated = err == nil
+	f.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	return f.logFile.Truncate(n)
+}
+
+func (f *faultFile) set(fn func(f *faultFile)) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	fn(f)
+}
+
+var errFlaky = errors.New("injected flaky I/O error")
+
+// injectFaults puts a faultFile between l and its file.
+func injectFaults(l *FileLog) *faultFile {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	ff := &faultFile{logFile: l.f}
+	l.f = ff
+	return ff
+}
+
+// A write or fsync that fails is cut back off the file: its Decide says
+// for certain that nothing was recorded, and the log goes on.
+func TestFileLogWriteCutBack(t *testing.T) {
+	ctx := context.Background()
+	eio := errors.New("injected I/O error")
+	for _, c := range []struct {
+		name  string
+		fault func(f *faultFile)
+	}{
+		{"write", func(f *faultFile) { f.writeErr = eio }},
+		{"fsync", func(f *faultFile) { f.syncErr = eio }},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			l := openTestLog(t, t.TempDir())
+			d0, d1, d2, d3 := testDecision(0), testDecision(1), testDecision(2), testDecision(3)
+			mustDecide(t, l, d0)
+			mustDecide(t, l, d1)
+			size := fileSize(t, l.path) // at the last fsync
+			// A forget written without an fsync: the failure cuts it off too,
+			// since a failed fsync may have lost its pages.
+			mustForget(t, l, d0.Global)
+			ff := injectFaults(l)
+			ff.set(c.fault)
+
+			if err := l.Decide(ctx, d2); !errors.Is(err, ErrNotDecided) || !errors.Is(err, eio) {
+				t.Fatalf("Decide with a failing %s: %v, want ErrNotDecided wrapping the cause", c.name, err)
+			}
+			if _, err := l.Abort(ctx, "ga"); err == nil {
+				t.Fatalf("Abort with a failing %s succeeded", c.name)
+			}
+			if err := l.Heuristic(ctx, "gh", "x"); err == nil {
+				t.Fatalf("Heuristic with a failing %s succeeded", c.name)
+			}
+			if err := l.Err(); err != nil {
+				t.Fatalf("Err after a write that was cut back: %v, want nil", err)
+			}
+			if n := fileSize(t, l.path); n != size {
+				t.Fatalf("file is %d bytes after the failed writes, want %d", n, size)
+			}
+			checkPending(t, l, d1)
+
+			ff.set(func(f *faultFile) { f.writeErr, f.syncErr = nil, nil })
+			mustDecide(t, l, d3)
+			if d, err := l.Abort(ctx, "ga"); d != nil || err != nil {
+				t.Fatalf("Abort once writes work again: %v, %v", d, err)
+			}
+			checkPending(t, l, d1, d3)
+			l = reopen(t, l)
+			checkPending(t, l, d0, d1, d3) // the forget was lost, which Forget allows
+			if !l.aborted["ga"] || len(l.Heuristics()) != 0 {
+				t.Fatalf("after reopen: aborted %v, heuristics %v", l.aborted, l.Heuristics())
+			}
+		})
+	}
+}
+
+// twoBatches starts a Decide of a, held inside its write until release is
+// closed, and a Decide of b queued behind it for the next batch.
+func twoBatches(t *testing.T, l *FileLog, ff *faultFile, a, b Decision) (errA, errB chan error, release chan struct{}) {
+	t.Helper()
+	release, blockedAt := make(chan struct{}), make(chan struct{})
+	ff.set(func(f *faultFile) { f.block, f.blockedAt = release, blockedAt })
+	errA, errB = make(chan error, 1), make(chan error, 1)
+	go func() { errA <- l.Decide(context.Background(), a) }()
+	<-blockedAt
+	go func() { errB <- l.Decide(context.Background(), b) }()
+	waitFor(t, l, func() bool { return len(l.waiters) == 1 })
+	return errA, errB, release
+}
+
+// A Decide queued behind a batch whose write fails is not lost with it:
+// the failed batch is cut back and the next one is written where it was.
+func TestFileLogWriteAfterCutBack(t *testing.T) {
+	l := openTestLog(t, t.TempDir())
+	ff := injectFaults(l)
+	b := testDecision(2)
+	errA, errB, release := twoBatches(t, l, ff, testDecision(1), b)
+	ff.set(func(f *faultFile) { f.writeErr, f.once = errors.New("injected"), true })
+	close(release)
+	if err := <-errA; !errors.Is(err, ErrNotDecided) {
+		t.Fatalf("Decide whose write failed: %v, want ErrNotDecided", err)
+	}
+	if err := <-errB; err != nil {
+		t.Fatalf("Decide queued behind a failed write: %v", err)
+	}
+	l = reopen(t, l)
+	checkPending(t, l, b)
+}
+
+// When the cut back fails too, the log is broken: what the file holds is
+// unknown, so nothing more is written and everything fails at once.
+func TestFileLogBrokenWhenCutBackFails(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	l := openTestLog(t, dir)
+	d := testDecision(1)
+	mustDecide(t, l, d)
+	ff := injectFaults(l)
+	errA, errB, release := twoBatches(t, l, ff, testDecision(2), testDecision(3))
+	ff.set(func(f *faultFile) {
+		f.syncErr, f.truncErr = errors.New("injected fsync"), errors.New("injected truncate")
+	})
+	close(release)
+	for _, err := range []error{<-errA, <-errB} {
+		if !errors.Is(err, ErrLogClosed) || errors.Is(err, ErrNotDecided) {
+			t.Fatalf("Decide when the cut back failed: %v, want ErrLogClosed and not ErrNotDecided", err)
+		}
+	}
+	if err := l.Err(); !errors.Is(err, ErrLogClosed) {
+		t.Fatalf("Err = %v, want ErrLogClosed", err)
+	}
+	checkRefused(t, l, "on a broken log", true)
+	// What was decided before is still answered from memory.
+	if got, err := l.Abort(ctx, d.Global); err != nil || got == nil || got.Global != d.Global {
+		t.Fatalf("Abort of a decided global on a broken log: %v, %v", got, err)
+	}
+	if ff.writes != 1 {
+		t.Fatalf("%d writes, want only the failed one: nothing is written after it", ff.writes)
+	}
+	l.Close()
+	l = openTestLog(t, dir)
+	if _, err := l.Pending(ctx, ""); err != nil {
+		t.Fatal(err) // half of the failed record is a torn tail
+	}
+}
+
+// A real full disk: a small tmpfs, filled up.
+func TestFileLogDiskFull(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", dir).CombinedOutput(); err != nil {
+		t.Skipf("cannot mount a 64k tmpfs to fill up (needs root): %v: %s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("umount", dir).Run() })
+	l := openTestLog(t, dir)
+	d1 := testDecision(1)
+	mustDecide(t, l, d1)
+	size := fileSize(t, l.path)
+
+	filler := filepath.Join(dir, "filler")
+	f, err := os.Create(filler)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for {
+		if _, err := f.Write(make([]byte, 1024)); err != nil {
+			if !errors.Is(err, syscall.ENOSPC) {
+				t.Fatalf("filling the disk: %v", err)
+			}
+			break
+		}
+	}
+	f.Close()
+
+	big := testDecision(2) // more than the slack in the log's last page
+	big.Branches[0].Name = strings.Repeat("x", 10000)
+	if err := l.Decide(ctx, big); !errors.Is(err, ErrNotDecided) || !errors.Is(err, syscall.ENOSPC) {
+		t.Fatalf("Decide on a full disk: %v, want ErrNotDecided wrapping ENOSPC", err)
+	}
+	if err := l.Err(); err != nil {
+		t.Fatalf("Err after a full disk: %v, want nil", err)
+	}
+	if n := fileSize(t, l.path); n != size {
+		t.Fatalf("file is %d bytes after the failed Decide, want %d", n, size)
+	}
+	if err := os.Remove(filler); err != nil {
+		t.Fatal(err)
+	}
+	mustDecide(t, l, big)
+	d3 := testDecision(3)
+	mustDecide(t, l, d3)
+	l = reopen(t, l)
+	checkPending(t, l, d1, big, d3)
+}
+
+func TestFileLogFencing(t *testing.T) {
+	ctx := context.Background()
+	l := openTestLog(t, t.TempDir())
+	a, b := testDecision(1), testDecision(2)
+
+	if d, err := l.Abort(ctx, a.Global); d != nil || err != nil {
+		t.Fatalf("Abort: %v, %v", d, err)
+	}
+	if err := l.Decide(ctx, a); !errors.Is(err, ErrAborted) {
+		t.Fatalf("Decide after Abort: %v, want ErrAborted", err)
+	}
+	if d, err := l.Abort(ctx, a.Global); d != nil || err != nil {
+		t.Fatalf("Abort again: %v, %v; want nil, nil", d, err)
+	}
+
+	mustDecide(t, l, b)
+	mustDecide(t, l, b) // a retry
+	if d, err := l.Abort(ctx, b.Global); err != nil || d == nil {
+		t.Fatalf("Abort after Decide: %v, %v; want the decision", d, err)
+	} else {
+		checkDecision(t, *d, b)
+	}
+
+	l = reopen(t, l)
+	if err := l.Decide(ctx, a); !errors.Is(err, ErrAborted) {
+		t.Fatalf("Decide after Abort and a reopen: %v, want ErrAborted", err)
+	}
+	if d, err := l.Abort(ctx, b.Global); err != nil || d == nil {
+		t.Fatalf("Abort after Decide and a reopen: %v, %v; want the decision", d, err)
+	}
+	checkPending(t, l, b)
+}
+
+// Decide and Abort of the same globals from many goroutines at once: each
+// global has exactly one outcome, which every caller sees, and a reopen too.
+func TestFileLogFencingRace(t *testing.T) {
+	const n, each = 200, 3
+	ctx := context.Background()
+	l := openTestLog(t, t.TempDir())
+	decideErr := make([][each]error, n)
+	abortDec := make([][each]*Decision, n)
+	abortErr := make([][each]error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		for j := range each {
+			wg.Go(func() { decideErr[i][j] = l.Decide(ctx, testDecision(i)) })
+			wg.Go(func() { abortDec[i][j], abortErr[i][j] = l.Abort(ctx, testDecision(i).Global) })
+		}
+	}
+	wg.Wait()
+	var decided []Decision
+	aborted := map[string]bool{}
+	for i := range n {
+		d := testDecision(i)
+		won := decideErr[i][0] == nil
+		for j := range each {
+			if abortErr[i][j] != nil {
+				t.Fatalf("%s: Abort: %v", d.Global, abortErr[i][j])
+			}
+			if won {
+				if decideErr[i][j] != nil || abortDec[i][j] == nil {
+					t.Fatalf("%s: Decide %v, Abort returned %v: two outcomes", d.Global, decideErr[i][j], abortDec[i][j])
+				}
+			} else if !errors.Is(decideErr[i][j], ErrAborted) || abortDec[i][j] != nil {
+				t.Fatalf("%s: Decide %v, Abort returned %v: two outcomes", d.Global, decideErr[i][j], abortDec[i][j])
+			}
+		}
+		if won {
+			decided = append(decided, d)
+		} else {
+			aborted[d.Global] = true
+		}
+	}
+	t.Logf("%d decided, %d aborted", len(decided), len(aborted))
+	checkPending(t, l, decided...)
+	l = reopen(t, l)
+	checkPending(t, l, decided...)
+	if len(l.aborted) != len(aborted) {
+		t.Fatalf("%d aborts after reopen, want %d", len(l.aborted), len(aborted))
+	}
+	for g := range aborted {
+		if !l.aborted[g] {
+			t.Fatalf("abort of %s lost by reopen", g)
+		}
+	}
+}
+
+// The fencing race again, with writes and fsyncs failing now and then: a
+// global is decided after a reopen exactly when a Decide of it returned
+// nil, and aborted exactly when an Abort did; failed calls left nothing.
+func TestFileLogFencingRaceWithFailures(t *testing.T) {
+	const n, each = 200, 2
+	ctx := context.Background()
+	l := openTestLog(t, t.TempDir())
+	ff := injectFaults(l)
+	ff.set(func(f *faultFile) { f.flaky = 3 })
+	decideErr := make([][each]error, n)
+	abortDec := make([][each]*Decision, n)
+	abortErr := make([][each]error, n)
+	for round := range 10 { // rounds, so that there are enough batches to fail
+		var wg sync.WaitGroup
+		for i := round * n / 10; i < (round+1)*n/10; i++ {
+			for j := range each {
+				wg.Go(func() { decideErr[i][j] = l.Decide(ctx, testDecision(i)) })
+				wg.Go(func() { abortDec[i][j], abortErr[i][j] = l.Abort(ctx, testDecision(i).Global) })
+			}
+		}
+		wg.Wait()
+	}
+	if err := l.Err(); err != nil {
+		t.Fatalf("Err after failures that were all cut back: %v", err)
+	}
+	ff.set(func(f *faultFile) { f.flaky = 0 })
+	var decided []Decision
+	failed := 0
+	l = reopen(t, l)
+	for i := range n {
+		d := testDecision(i)
+		var dec, abo, refused bool
+		for j := range each {
+			switch err := decideErr[i][j]; {
+			case err == nil:
+				dec = true
+			case errors.Is(err, ErrNotDecided):
+				failed++
+				if !errors.Is(err, errFlaky) {
+					t.Fatalf("%s: Decide: %v", d.Global, err)
+				}
+			case errors.Is(err, ErrAborted):
+				refused = true
+			default:
+				t.Fatalf("%s: Decide: %v", d.Global, err)
+			}
+			switch {
+			case abortErr[i][j] == nil && abortDec[i][j] == nil:
+				abo = true
+			case abortErr[i][j] != nil:
+				failed++
+				if !errors.Is(abortErr[i][j], errFlaky) {
+					t.Fatalf("%s: Abort: %v", d.Global, abortErr[i][j])
+				}
+			}
+		}
+		if dec && abo {
+			t.Fatalf("%s both decided and aborted", d.Global)
+		}
+		if refused && !abo {
+			t.Fatalf("%s: a Decide returned ErrAborted, but no Abort succeeded", d.Global)
+		}
+		if dec {
+			decided = append(decided, d)
+		}
+		if l.aborted[d.Global] != abo {
+			t.Fatalf("%s: aborted after reopen %v, but an Abort succeeded: %v", d.Global, l.aborted[d.Global], abo)
+		}
+	}
+	t.Logf("%d decided, %d aborted, %d calls failed", len(decided), len(l.aborted), failed)
+	if failed == 0 {
+		t.Fatal("no call failed: the faults were not injected")
+	}
+	checkPending(t, l, decided...)
+}
+
+// uuidV7At returns a global id (a UUIDv7 in hex) that started at t.
+func uuidV7At(t time.Time) string {
+	u := uuid.Must(uuid.NewV7())
+	ms := uint64(t.UnixMilli())
+	for i := range 6 {
+		u[i] = byte(ms >> (40 - 8*i))
+	}
+	return hex.EncodeToString(u[:])
+}
+
+func TestFileLogAbortRetention(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	l, err := OpenFileLog(dir, WithAbortRetention(time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	now := time.Now()
+	old := uuidV7At(now.Add(-2 * time.Hour))     // older than the retention
+	mid := uuidV7At(now.Add(-40 * time.Minute))  // older than half of it
+	young := uuidV7At(now.Add(-1 * time.Minute)) // younger than half of it
+	for _, g := range []string{old, mid, young, "not-a-uuid"} {
+		if d, err := l.Abort(ctx, g); d != nil || err != nil {
+			t.Fatalf("Abort %s: %v, %v", g, d, err)
+		}
+	}
+	decision := func(g string) Decision { d := testDecision(1); d.Global = g; return d }
+	if err := l.Decide(ctx, decision(uuidV7At(now.Add(-31*time.Minute)))); !errors.Is(err, ErrAborted) ||
+		!strings.Contains(err.Error(), "older than half the abort retention") {
+		t.Fatalf("Decide of a global older than half the retention: %v, want ErrAborted", err)
+	}
+	recent := decision(uuidV7At(now.Add(-29 * time.Minute)))
+	mustDecide(t, l, recent)
+
+	l.mu.Lock()
+	err = l.compactLocked()
+	l.mu.Unlock()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 2 { // in memory after compaction, then from the file
+		if l.aborted[old] || !l.aborted[mid] || !l.aborted[young] || !l.aborted["not-a-uuid"] {
+			t.Fatalf("aborts after compaction: %v; want all but the one older than the retention", l.aborted)
+		}
+		checkPending(t, l, recent)
+		for _, g := range []string{old, mid} {
+			if err := l.Decide(ctx, decision(g)); !errors.Is(err, ErrAborted) {
+				t.Fatalf("late Decide of %s: %v, want ErrAborted", g, err)
+			}
+		}
+		l = reopen(t, l)
+		l.retention = time.Hour
+	}
+
+	// Ids that are not UUIDv7 have no age limit.
+	if err := l.Decide(ctx, decision("plain-id")); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestFileLogNode(t *testing.T) {
+	dirA, dirB := t.TempDir(), filepath.Join(t.TempDir(), "new", "log")
+	a, b := openTestLog(t, dirA), openTestLog(t, dirB)
+	if a.Node() == b.Node() {
+		t.Fatalf("two directories share node id %q", a.Node())
+	}
+	for _, l := range []*FileLog{a, b} {
+		id := l.Node()
+		if !validNodeID(id) {
+			t.Fatalf("node id %q is not letters and digits of at most %d bytes", id, maxNodeIDLen)
+		}
+		if again := reopen(t, l).Node(); again != id {
+			t.Fatalf("node id %q became %q on reopen", id, again)
+		}
+		ro, err := OpenFileLogReadOnly(l.dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ro.Node() != id {
+			t.Fatalf("read-only open: node id %q, want %q", ro.Node(), id)
+		}
+	}
+}
+
+// A read-only open loads the log of a running writer, and changes nothing.
+func TestFileLogReadOnly(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	w := openTestLog(t, dir)
+	d := testDecision(1)
+	mustDecide(t, w, d)
+	if err := w.Heuristic(ctx, "gh", "mixed"); err != nil {
+		t.Fatal(err)
+	}
+	r, err := OpenFileLogReadOnly(dir)
+	if err != nil {
+		t.Fatalf("OpenFileLogReadOnly while a writer has it: %v", err)
+	}
+	checkPending(t, r, d)
+	if h := r.Heuristics(); h["gh"] != "mixed" {
+		t.Fatalf("Heuristics = %v", h)
+	}
+	if err := r.Err(); !errors.Is(err, ErrLogClosed) {
+		t.Fatalf("Err of a read-only log: %v, want ErrLogClosed", err)
+	}
+	checkRefused(t, r, "on a read-only log", false)
+	checkPending(t, r, d)
+	if err := r.Close(); err != nil {
+		t.Fatal(err)
+	}
+	mustDecide(t, w, testDecision(3)) // the writer is unaffected
+
+	// A torn tail is ignored, not cut.
+	data, ds := sampleLog(t, 3)
+	bounds := recordBounds(t, data)
+	torn := writeLog(t, data[:bounds[3]-3])
+	r, err = OpenFileLogReadOnly(torn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkPending(t, r, ds[0], ds[1])
+	if n := fileSize(t, filepath.Join(torn, fileLogName)); n != int64(bounds[3]-3) {
+		t.Fatalf("read-only open changed the file to %d bytes", n)
+	}
+	if _, err := os.Stat(filepath.Join(torn, nodeFileName)); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("read-only open wrote a node id: %v", err)
+	}
+	if _, err := OpenFileLogReadOnly(filepath.Join(torn, "none")); err == nil {
+		t.Fatal("read-only open of a directory without a log succeeded")
+	}
+}
+
+// recordV1 encodes a record of the first format.
+func recordV1(typ byte, v any) []byte {
+	body, _ := json.Marshal(v)
+	p := append([]byte{typ}, body...)
+	rec := binary.BigEndian.AppendUint32(nil, uint32(len(p)))
+	rec = binary.BigEndian.AppendUint32(rec, crc32.Checksum(p, crcTable))
+	return append(rec, p...)
+}
+
+// A log of the first format opens with its decisions, aborts and
+// heuristics, and is rewritten in the current format.
+func TestFileLogFormatV1(t *testing.T) {
+	ctx := context.Background()
+	ds := []Decision{testDecision(0), testDecision(1), testDecision(2)}
+	data := []byte(fileLogMagicV1)
+	for _, d := range ds {
+		data = append(data, recordV1('D', d)...)
+	}
+	data = append(data, recordV1('F', forgetRec{Global: ds[1].Global})...)
+	data = append(data, recordV1('A', forgetRec{Global: "ga"})...)
+	data = append(data, recordV1('H', heuristicRec{Global: "gh", Detail: "mixed"})...)
+	torn := recordV1('D', testDecision(3))
+	data = append(data, torn[:len(torn)-5]...)
+
+	dir := writeLog(t, data)
+	r, err := OpenFileLogReadOnly(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkPending(t, r, ds[0], ds[2])
+
+	l := openTestLog(t, dir)
+	want := []Decision{ds[0], ds[2]}
+	for range 2 {
+		checkPending(t, l, want...)
+		mustDecide(t, l, testDecision(5)) // the second time a retry
+		want = []Decision{ds[0], ds[2], testDecision(5)}
+		if d, err := l.Abort(ctx, "ga"); d != nil || err != nil {
+			t.Fatalf("Abort of an aborted global: %v, %v", d, err)
+		}
+		if err := l.Decide(ctx, Decision{Global: "ga"}); !errors.Is(err, ErrAborted) {
+			t.Fatalf("Decide of a global aborted in a v1 log: %v", err)
+		}
+		if h := l.Heuristics(); h["gh"] != "mixed" {
+			t.Fatalf("Heuristics = %v", h)
+		}
+		got, _ := os.ReadFile(l.path)
+		if !bytes.HasPrefix(got, []byte(fileLogMagic)) {
+			t.Fatalf("the log was not rewritten in the current format: %q", got[:8])
+		}
+		recordBounds(t, got)
+		l = reopen(t, l)
+	}
+}
+
+// The regression for a flipped bit in a length: the rest of the file read
+// as a torn tail and was cut off, decisions and all, without an error.
+func TestFileLogBitFlips(t *testing.T) {
+	data, _ := sampleLog(t, 3)
+	bounds := recordBounds(t, data)
+
+	// Every bit of the file, decoded in memory.
+	for i := range data {
+		for bit := range 8 {
+			bad := bytes.Clone(data)
+			bad[i] ^= 1 << bit
+			l := newFileLog("mem", nil)
+			if _, _, err := l.load(bad); !errors.Is(err, ErrLogCorrupt) {
+				t.Fatalf("byte %d bit %d flipped: %v with %d decisions, want ErrLogCorrupt", i, bit, err, len(l.pending))
+			}
+		}
+	}
+
+	// Every bit of every record header, through OpenFileLog.
+	for r := range 3 {
+		for i := bounds[r]; i < bounds[r]+recordHeader; i++ {
+			for bit := range 8 {
+				bad := bytes.Clone(data)
+				bad[i] ^= 1 << bit
+				dir := writeLog(t, bad)
+				l, err := OpenFileLog(dir)
+				if !errors.Is(err, ErrLogCorrupt) {
+					n := -1
+					if l != nil {
+						n = len(l.pending)
+						l.Close()
+					}
+					t.Fatalf("record %d byte %d bit %d flipped: OpenFileLog %v with %d decisions, want ErrLogCorrupt", r, i-bounds[r], bit, err, n)
+				}
+				if got, _ := os.ReadFile(filepath.Join(dir, fileLogName)); !bytes.Equal(got, bad) {
+					t.Fatalf("record %d byte %d bit %d flipped: OpenFileLog changed the file", r, i-bounds[r], bit)
+				}
+			}
+		}
+	}
+}
+
+// Torn tails of every length, cut short or ending in zeros, decoded in
+// memory: all the records before the torn one are kept.
+func TestFileLogTornTails(t *testing.T) {
+	data, _ := sampleLog(t, 3)
+	bounds := recordBounds(t, data)
+	for cut := bounds[2]; cut < bounds[3]; cut++ {
+		for _, tail := range []int{0, 1, 4096} {
+			torn := append(bytes.Clone(data[:cut]), make([]byte, tail)...)
+			if tail > 0 {
+				torn = append(bytes.Clone(data[:cut]), make([]byte, bounds[3]-cut+tail)...)
+			}
+			l := newFileLog("mem", nil)
+			end, _, err := l.load(torn)
+			if err != nil || end != bounds[2] || len(l.pending) != 2 {
+				t.Fatalf("cut at %d, %d zeros: end %d, %d decisions, %v; want end %d, 2 decisions", cut, tail, end, len(l.pending), err, bounds[2])
+			}
+		}
 	}
 }
