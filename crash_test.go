@@ -582,6 +582,7 @@ func crTrial(t *testing.T, env *crEnv, spec crTrialSpec, rng *mrand.Rand) (r crR
 
 	c.Close()
 	closeLog() // its sessions are in the trial's database too
+	myDTX.Close()
 
 	// Recovery released the locks the remaining sessions waited for: they
 	// end now, rolled back.
