@@ -143,16 +143,20 @@ func validIdent(s string) bool {
 }
 
 // q puts the table name in for T_ and rewrites ? placeholders as $n for
-// PostgreSQL; NOW_MS_ becomes the database's clock in Unix ms and INT64_ the
-// dialect's 64-bit integer type for CAST.
+// PostgreSQL; NOW_MS_ becomes the database's clock in Unix ms, INT64_ the
+// dialect's 64-bit integer type for CAST, and SYNC_ a condition that is true
+// and, on PostgreSQL, sets synchronous_commit on for the transaction (in the
+// statement itself, saving a SET LOCAL round trip).
 func (l *SQLLog) q(query string) string {
 	query = strings.ReplaceAll(query, "T_", l.table)
 	if !l.pg {
 		query = strings.ReplaceAll(query, "NOW_MS_", "CAST(UNIX_TIMESTAMP(NOW(3)) * 1000 AS SIGNED)")
+		query = strings.ReplaceAll(query, "SYNC_", "TRUE")
 		return strings.ReplaceAll(query, "INT64_", "SIGNED")
 	}
 	query = strings.ReplaceAll(query, "NOW_MS_", "CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)")
 	query = strings.ReplaceAll(query, "INT64_", "BIGINT")
+	query = strings.ReplaceAll(query, "SYNC_", "set_config('synchronous_commit', 'on', true) IS NOT NULL")
 	query = strings.ReplaceAll(query, " FROM DUAL", "")
 	var b strings.Builder
 	n := 0
@@ -185,10 +189,10 @@ func (l *SQLLog) insertDecision(ctx context.Context, tx txExecer, d Decision) er
 	if err != nil {
 		return fmt.Errorf("%w: %w", ErrNotDecided, err)
 	}
-	query := "INSERT INTO T_ (global_id, node, state, branches, decided_at) SELECT ?, ?, 'D', ?, CAST(? AS INT64_) FROM DUAL"
+	query := "INSERT INTO T_ (global_id, node, state, branches, decided_at) SELECT ?, ?, 'D', ?, CAST(? AS INT64_) FROM DUAL WHERE SYNC_"
 	args := []any{d.Global, d.Node, string(bs), d.At.UnixMilli()}
 	if at, ok := globalTime(d.Global); ok {
-		query += " WHERE CAST(? AS INT64_) > NOW_MS_ - CAST(? AS INT64_)"
+		query += " AND CAST(? AS INT64_) > NOW_MS_ - CAST(? AS INT64_)"
 		args = append(args, at.UnixMilli(), (l.retention / 2).Milliseconds())
 	}
 	res, err := tx.ExecContext(ctx, l.q(query), args...)
@@ -232,11 +236,10 @@ func (l *SQLLog) Abort(ctx context.Context, global string) (*Decision, error) {
 		at = t.UnixMilli()
 	}
 	err := l.inTx(ctx, func(tx *sql.Tx) error {
-		q := "INSERT INTO T_ (global_id, node, state, branches, decided_at) VALUES (?, '', 'A', '[]', ?)"
+		q := "INSERT INTO T_ (global_id, node, state, branches, decided_at) SELECT ?, '', 'A', '[]', CAST(? AS INT64_) FROM DUAL WHERE SYNC_"
 		if l.pg {
-			if _, err := tx.ExecContext(ctx, fmt.Sprintf("SET LOCAL lock_timeout = %d", abortWait.Milliseconds())); err != nil {
-				return err
-			}
+			// The lock wait bound, set in the statement itself: one round trip.
+			q += fmt.Sprintf(" AND set_config('lock_timeout', '%d', true) IS NOT NULL", abortWait.Milliseconds())
 		} else {
 			q = fmt.Sprintf("SET STATEMENT innodb_lock_wait_timeout = %d FOR ", int(abortWait.Seconds())) + q
 		}
@@ -261,18 +264,13 @@ func (l *SQLLog) Abort(ctx context.Context, global string) (*Decision, error) {
 	return nil, fmt.Errorf("dtx: sql log: aborting global %s: %w", global, err)
 }
 
-// inTx runs f in a transaction and commits it; on PostgreSQL the commit
-// waits for its WAL flush whatever synchronous_commit says elsewhere.
+// inTx runs f in a transaction and commits it. Each write in it carries
+// SYNC_, so that on PostgreSQL the commit waits for its WAL flush whatever
+// synchronous_commit says elsewhere.
 func (l *SQLLog) inTx(ctx context.Context, f func(*sql.Tx) error) error {
 	tx, err := l.db.BeginTx(ctx, nil)
 	if err != nil {
 		return err
-	}
-	if l.pg {
-		if _, err := tx.ExecContext(ctx, "SET LOCAL synchronous_commit = on"); err != nil {
-			tx.Rollback()
-			return err
-		}
 	}
 	if err := f(tx); err != nil {
 		tx.Rollback()
@@ -415,11 +413,6 @@ func serverError(err error) bool {
 // decideIn inserts d's decision row in tx, the decision resource's own
 // branch: that branch's one-phase commit is then the decision.
 func (l *SQLLog) decideIn(ctx context.Context, tx *sql.Tx, d Decision) error {
-	if l.pg {
-		if _, err := tx.ExecContext(ctx, "SET LOCAL synchronous_commit = on"); err != nil {
-			return err
-		}
-	}
 	err := l.insertDecision(ctx, tx, d)
 	if l.duplicate(err) {
 		return fmt.Errorf("%w: global %s: %w", ErrAborted, d.Global, err)
@@ -435,7 +428,7 @@ func nodeKey(node string) string { return "node:" + node }
 // recovery may take over its globals; state 'N' rows are never pending.
 func (l *SQLLog) addNode(ctx context.Context, node string) error {
 	err := l.inTx(ctx, func(tx *sql.Tx) error {
-		_, err := tx.ExecContext(ctx, l.q("INSERT INTO T_ (global_id, node, state, branches, decided_at) VALUES (?, ?, 'N', '[]', NOW_MS_)"), nodeKey(node), node)
+		_, err := tx.ExecContext(ctx, l.q("INSERT INTO T_ (global_id, node, state, branches, decided_at) SELECT ?, ?, 'N', '[]', NOW_MS_ FROM DUAL WHERE SYNC_"), nodeKey(node), node)
 		return err
 	})
 	if l.duplicate(err) {
