@@ -27,7 +27,13 @@ bench: devdb
 	GO='$(GO)' bash scripts/bench.sh
 
 # Crash recovery: SIGKILL at every protocol step and at random, then recover
-# and check; see docs/reliability.md. DTX_CRASH_TRIALS=50 make crash for fewer.
+# and check; then the multi-node trials (three coordinators on one store under
+# SIGSTOP, kill and restart); see docs/reliability.md.
+# DTX_CRASH_TRIALS=50 DTX_CRASH_MULTI_TRIALS=2 make crash for fewer.
 DTX_CRASH_TRIALS ?= 1000
+DTX_CRASH_MULTI_TRIALS ?= 10
+DTX_CRASH_MULTI_SECONDS ?= 20
 crash: devdb
 	DTX_CRASH_TRIALS=$(DTX_CRASH_TRIALS) $(GO) test -run '^TestCrash$$' -count=1 -timeout 120m -v .
+	DTX_CRASH_MULTI_TRIALS=$(DTX_CRASH_MULTI_TRIALS) DTX_CRASH_MULTI_SECONDS=$(DTX_CRASH_MULTI_SECONDS) \
+		$(GO) test -run '^TestCrashMulti$$' -count=1 -timeout 120m -v .

@@ -29,11 +29,13 @@ package dtx_test
 import (
 	"context"
 	"database/sql"
+	"encoding/hex"
 	"errors"
 	"net/url"
 	"os"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -408,4 +410,201 @@ func benchRunGlobals(b *testing.B, conc int, op func(n int64) error, start, stop
 	}
 	b.ReportMetric(pct(0.50), "p50-ms")
 	b.ReportMetric(pct(0.99), "p99-ms")
+}
+
+// BenchmarkCoordinator is the coordinator as users run it, against the same
+// work by hand: a global of one INSERT in PostgreSQL and one in MariaDB.
+//
+//	BenchmarkCoordinator/pool={default,tuned}/conc={1,8}/impl=...
+//
+//	raw2pc       raw drivers, no dtx, no log: BEGIN/XA START, the INSERTs,
+//	             PREPARE TRANSACTION and XA END + XA PREPARE in parallel on
+//	             two held *sql.Conn, then COMMIT PREPARED and XA COMMIT in
+//	             parallel on the same sessions
+//	raw2pc-seq   the same, but BEGIN/XA START and the INSERTs one after the
+//	             other in the order fn below runs them; prepares and commits
+//	             in parallel as before
+//	participant  c.Do, Log nil: the decision row committed in PostgreSQL's
+//	             branch (one PREPARE and the log write fewer than raw2pc)
+//	participant-async  the same with AsyncCommit: Do returns at the decision
+//	filelog      c.Do with a FileLog (fsync per decision, group commit)
+//	sqllog       c.Do with an SQLLog table in the PostgreSQL database,
+//	             through the plain driver (not a resource)
+//
+// pool=default leaves database/sql's defaults (MaxIdleConns 2) on every
+// pool; pool=tuned sets MaxIdleConns to 2×conc+4. The impls run in the
+// order above, reversed when DTX_BENCH_DTX_FIRST=1.
+func BenchmarkCoordinator(b *testing.B) {
+	pgs, mys := servers()[0], servers()[1]
+	need(b, pgs)
+	need(b, mys)
+	for _, pool := range []string{"default", "tuned"} {
+		b.Run("pool="+pool, func(b *testing.B) {
+			for _, conc := range []int{1, 8} {
+				b.Run("conc="+strconv.Itoa(conc), func(b *testing.B) {
+					impls := []string{"raw2pc", "raw2pc-seq", "participant", "participant-async", "filelog", "sqllog"}
+					if os.Getenv("DTX_BENCH_DTX_FIRST") == "1" {
+						slices.Reverse(impls)
+					}
+					for _, im := range impls {
+						b.Run("impl="+im, func(b *testing.B) {
+							benchCoordinatorImpl(b, pgs, mys, pool == "tuned", conc, im)
+						})
+					}
+				})
+			}
+		})
+	}
+}
+
+// benchCoordinatorImpl opens fresh pools for one impl (so no impl inherits
+// another's warm connections), its tables and store, untimed.
+func benchCoordinatorImpl(b *testing.B, pgs, mys server, tuned bool, conc int, impl string) {
+	ctx := context.Background()
+	drv := func(s server) string {
+		if strings.HasPrefix(impl, "raw") {
+			return s.raw
+		}
+		return s.wrapped
+	}
+	pg, my := open(b, pgs, drv(pgs)), open(b, mys, drv(mys))
+	if tuned {
+		for _, db := range []*sql.DB{pg, my} {
+			db.SetMaxIdleConns(2*conc + 4)
+		}
+	}
+	pgRaw, myRaw := open(b, pgs, pgs.raw), open(b, mys, mys.raw) // the sqllog store's pool is pgRaw
+	if tuned {
+		pgRaw.SetMaxIdleConns(2*conc + 4)
+	}
+	pgIns := benchInsertSQL(pgs, table(b, pgs, pgRaw, benchCols))
+	myIns := benchInsertSQL(mys, table(b, mys, myRaw, benchCols))
+	var op func(n int64) error
+	var syncs func() int64
+	if strings.HasPrefix(impl, "raw") {
+		prefix := "r" + token() + "_"
+		b.Cleanup(func() {
+			rollbackLeftovers(b, pgs, prefix)
+			rollbackLeftovers(b, mys, prefix)
+		})
+		seq := impl == "raw2pc-seq"
+		op = func(n int64) error {
+			return benchRaw2PC(ctx, pg, my, pgIns, myIns, prefix+strconv.FormatInt(n, 10), n, seq)
+		}
+	} else {
+		opts := dtx.CoordinatorOptions{Resources: map[string]*sql.DB{"pg": pg, "my": my}, Node: "b" + token(), RecoverInterval: -1}
+		switch impl {
+		case "participant", "participant-async":
+			opts.AsyncCommit = impl == "participant-async"
+			opts.DecisionTable = "dtx_bench_log_" + token()
+			b.Cleanup(func() { drop(b, pgs, opts.DecisionTable) })
+		case "filelog":
+			dir := b.TempDir()
+			if d := os.Getenv("DTX_BENCH_LOGDIR"); d != "" {
+				var err error
+				if dir, err = os.MkdirTemp(d, "dtxbench"); err != nil {
+					b.Fatal(err)
+				}
+				b.Cleanup(func() { os.RemoveAll(dir) })
+			}
+			fl, err := dtx.OpenFileLog(dir)
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.Cleanup(func() { fl.Close() })
+			opts.Log, syncs = fl, fl.Syncs
+		case "sqllog":
+			tbl := "dtx_bench_log_" + token()
+			sl, err := dtx.OpenSQLLog(ctx, pgRaw, tbl)
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.Cleanup(func() { drop(b, pgs, tbl) })
+			opts.Log = sl
+		}
+		c, err := dtx.NewCoordinator(opts)
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { c.Close() })
+		coCleanupPrefix(b, "g."+opts.Node+".")
+		op = func(n int64) error {
+			return c.Do(ctx, func(ctx context.Context, g *dtx.Global) error {
+				ptx, err := g.Begin(ctx, "pg", nil)
+				if err != nil {
+					return err
+				}
+				mtx, err := g.Begin(ctx, "my", nil)
+				if err != nil {
+					return err
+				}
+				if _, err := ptx.ExecContext(ctx, pgIns, n, "v"); err != nil {
+					return err
+				}
+				_, err = mtx.ExecContext(ctx, myIns, n, "v")
+				return err
+			})
+		}
+	}
+	var before int64
+	benchRunGlobals(b, conc, op, func() {
+		if syncs != nil {
+			before = syncs()
+		}
+	}, func() {
+		if syncs != nil {
+			b.ReportMetric(float64(syncs()-before)/float64(b.N), "fsyncs/op")
+		}
+	})
+}
+
+// benchRaw2PC is the hand-written global: both branches begun, written and
+// prepared in parallel on held sessions (with seq, begun and written one
+// after the other first), then committed in parallel on them.
+func benchRaw2PC(ctx context.Context, pg, my *sql.DB, pgIns, myIns, name string, n int64, seq bool) error {
+	pc, err := pg.Conn(ctx)
+	if err != nil {
+		return err
+	}
+	defer pc.Close()
+	mc, err := my.Conn(ctx)
+	if err != nil {
+		return err
+	}
+	defer mc.Close()
+	both := func(f, g func() error) error {
+		ch := make(chan error, 1)
+		go func() { ch <- g() }()
+		return errors.Join(f(), <-ch)
+	}
+	steps := func(c *sql.Conn, qs ...string) func() error {
+		return func() error {
+			for _, q := range qs {
+				var err error
+				if q == pgIns || q == myIns {
+					_, err = c.ExecContext(ctx, q, n, "v")
+				} else {
+					_, err = c.ExecContext(ctx, q)
+				}
+				if err != nil {
+					return err
+				}
+			}
+			return nil
+		}
+	}
+	x := "X'" + hex.EncodeToString([]byte(name)) + "'"
+	pgPrep, myPrep := steps(pc, "BEGIN", pgIns, "PREPARE TRANSACTION '"+name+"'"), steps(mc, "XA START "+x, myIns, "XA END "+x, "XA PREPARE "+x)
+	if seq {
+		for _, f := range []func() error{steps(pc, "BEGIN"), steps(mc, "XA START "+x), steps(pc, pgIns), steps(mc, myIns)} {
+			if err := f(); err != nil {
+				return err
+			}
+		}
+		pgPrep, myPrep = steps(pc, "PREPARE TRANSACTION '"+name+"'"), steps(mc, "XA END "+x, "XA PREPARE "+x)
+	}
+	if err := both(pgPrep, myPrep); err != nil {
+		return err
+	}
+	return both(steps(pc, "COMMIT PREPARED '"+name+"'"), steps(mc, "XA COMMIT "+x))
 }

@@ -285,7 +285,7 @@ func newCoord(t *testing.T, b *coBank, log dtx.Log, mod func(*dtx.CoordinatorOpt
 
 // coCleanupPrefix rolls back, when t ends, what is still prepared under
 // prefix on both servers.
-func coCleanupPrefix(t *testing.T, prefix string) {
+func coCleanupPrefix(t testing.TB, prefix string) {
 	t.Cleanup(func() {
 		for _, s := range servers() {
 			rollbackLeftovers(t, s, prefix)

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"log"
-	"os"
 	"strings"
 	"time"
 
@@ -328,73 +327,4 @@ func ExampleNewConnector() {
 	}
 	fmt.Println(dtx.CommitDistributed(ctx, name))
 	// Output: <nil>
-}
-
-// A transfer between a PostgreSQL and a MariaDB database: committed in both
-// or in neither.
-func ExampleCoordinator_Do() {
-	ctx := context.Background()
-	orders, err := sql.Open("dtx+postgres", pgDSN())
-	if err != nil {
-		log.Fatal(err)
-	}
-	defer orders.Close()
-	billing, err := sql.Open("dtx+mysql", myDSN())
-	if err != nil {
-		log.Fatal(err)
-	}
-	defer billing.Close()
-	accounts := unique("accounts_")
-	for _, db := range []*sql.DB{orders, billing} {
-		if _, err := db.Exec("CREATE TABLE " + accounts + " (id int PRIMARY KEY, balance int)"); err != nil {
-			log.Fatal(err)
-		}
-		defer db.Exec("DROP TABLE " + accounts)
-	}
-	orders.Exec("INSERT INTO " + accounts + " VALUES (1, 100)")
-	billing.Exec("INSERT INTO " + accounts + " VALUES (1, 0)")
-
-	dir, err := os.MkdirTemp("", "dtx-example-")
-	if err != nil {
-		log.Fatal(err)
-	}
-	defer os.RemoveAll(dir)
-	decisions, err := dtx.OpenFileLog(dir)
-	if err != nil {
-		log.Fatal(err)
-	}
-	defer decisions.Close()
-	c, err := dtx.NewCoordinator(dtx.CoordinatorOptions{
-		Log:       decisions,
-		Resources: map[string]*sql.DB{"orders": orders, "billing": billing},
-		Node:      unique("example-"),
-	})
-	if err != nil {
-		log.Fatal(err)
-	}
-	defer c.Close()
-
-	err = c.Do(ctx, func(ctx context.Context, g *dtx.Global) error {
-		from, err := g.Begin(ctx, "orders", nil)
-		if err != nil {
-			return err
-		}
-		to, err := g.Begin(ctx, "billing", nil)
-		if err != nil {
-			return err
-		}
-		if _, err := from.ExecContext(ctx, "UPDATE "+accounts+" SET balance = balance - 30 WHERE id = 1"); err != nil {
-			return err
-		}
-		_, err = to.ExecContext(ctx, "UPDATE "+accounts+" SET balance = balance + 30 WHERE id = 1")
-		return err
-	})
-	if err != nil {
-		log.Fatal(err)
-	}
-	var a, b int
-	orders.QueryRow("SELECT balance FROM " + accounts + " WHERE id = 1").Scan(&a)
-	billing.QueryRow("SELECT balance FROM " + accounts + " WHERE id = 1").Scan(&b)
-	fmt.Println("PostgreSQL:", a, "MariaDB:", b)
-	// Output: PostgreSQL: 70 MariaDB: 30
 }
