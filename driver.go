@@ -105,6 +105,15 @@ func (d *Driver) OpenConnector(dsn string) (driver.Connector, error) {
 }
 
 func (d *Driver) connector(dsn string) (*connector, error) {
+	if _, ok := d.parent.(*mysql.MySQLDriver); ok && d.dialect == MySQL {
+		parent, reset, err := mysqlConnector(dsn)
+		if err != nil {
+			return nil, err
+		}
+		c := newConnector(parent, d, d.opts)
+		c.ss.reset = reset
+		return c, nil
+	}
 	var parent driver.Connector = dsnConnector{dsn: dsn, drv: d.parent}
 	if dc, ok := d.parent.(driver.DriverContext); ok {
 		var err error

@@ -279,7 +279,7 @@ func (c *connector) phaseTwo(ctx context.Context, e *entry, commit bool) error {
 			e.timer.Stop()
 			e.held = nil
 			c.unhold(e)
-			c.spare(s)
+			c.ss.recycle(s)
 			return nil
 		}
 		if errors.Is(err, ErrOutcomeUnknown) {
@@ -345,7 +345,7 @@ func (c *connector) releaseLocked(e *entry) {
 		return
 	}
 	e.timer.Stop()
-	e.held.Close()
+	c.ss.closeSession(e.held)
 	e.held = nil
 	e.detached = time.Now()
 	c.unhold(e)
