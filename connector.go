@@ -103,7 +103,10 @@ func (c *connector) dialect() Dialect { return c.drv.dialect }
 // the next one tried.
 func (c *connector) session(ctx context.Context, check bool) (driver.Conn, error) {
 	for {
-		s := c.ss.take()
+		s, err := c.ss.take(ctx)
+		if err != nil {
+			return nil, err
+		}
 		if s == nil {
 			break
 		}

@@ -12,22 +12,33 @@ import (
 // sessions back from a held prepared branch, reset, waiting for a conn that
 // lost its own session to a prepare, or for Connect.
 //
-// The bound: spares (ready or being reset) number at most bare+1 while any
-// conn of the connector is open, and none once all are closed. bare counts
-// the open conns that have no session; each spare stands in for the session
-// of one of them, so the server sees at most the pool's open connections,
-// plus the sessions held by prepared branches, plus one. The one spare more
-// lets a session be reset while another serves the next transaction: without
-// it a lone caller waited for every reset.
+// The bound: spares (ready or being reset) number at most bare+held+1 while
+// any conn of the connector is open, and none once all are closed. bare
+// counts the open conns that have no session: each spare can stand in for
+// the session of one of them. held counts the sessions held by prepared
+// branches: a conn gives its session up at the prepare and goes back to the
+// pool at once, where database/sql may close it as an idle conn over
+// SetMaxIdleConns while its session is still busy with phase two; the raw
+// driver's caller would still hold that conn, so its session may come back
+// as a spare. The one spare more lets a session be reset while another
+// serves the next transaction: without it a lone caller waited for every
+// reset or dialed. So the server sees at most the pool's open connections
+// plus twice the held sessions plus one (plus the takers waiting for a
+// reset, each of which would otherwise dial).
 //
-// Spares expire with the pool's connections: when database/sql closes a conn
-// without a session (over SetMaxIdleConns, after SetConnMaxIdleTime or
-// SetConnMaxLifetime), the spare that has waited longest is closed.
+// Spares expire with the pool's connections: when database/sql closes a
+// conn without a session (over SetMaxIdleConns, after SetConnMaxIdleTime or
+// SetConnMaxLifetime) and when phase two ends, the spares over the bound are
+// closed, those waiting longest first. Once the pool is idle and its
+// conns closed, no spare is left.
 type sessions struct {
 	mu        sync.Mutex
 	free      []driver.Conn // ready; the one waiting longest first
 	resetting int           // being reset, on their way to free
 	bare      int           // open conns without a session
+	held      int           // sessions held by prepared branches
+	waiting   int           // takers waiting for a reset to end
+	ready     chan struct{} // closed when a spare is put, for the waiting
 	live      int           // open conns
 	closed    bool
 	nets      map[driver.Conn]net.Conn // a session's socket, for reset
@@ -46,21 +57,65 @@ func (ss *sessions) boundLocked() int {
 	if ss.closed || ss.live == 0 {
 		return 0
 	}
-	return ss.bare + 1
+	return ss.bare + ss.held + ss.waiting + 1
 }
 
-// take returns a ready spare, the one that came back last, or nil.
-func (ss *sessions) take() driver.Conn {
+// holding counts a session taken for a prepared branch (+1) or closed
+// while held (-1); recycle counts one given back.
+func (ss *sessions) holding(delta int) {
+	ss.mu.Lock()
+	ss.held += delta
+	over := ss.trimLocked()
+	ss.mu.Unlock()
+	ss.closeAll(over)
+}
+
+// take returns a ready spare, the one that came back last, or nil when
+// there is none and a new session should be dialed. When two or more are
+// being reset it waits for one: a reset is one round trip already on its
+// way, a dial several. With only one being reset it does not wait: that is
+// the spare that lets resets run beside the caller's work, and a lone
+// caller that waited for each reset would never get a second session.
+func (ss *sessions) take(ctx context.Context) (driver.Conn, error) {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
-	n := len(ss.free)
-	if n == 0 {
-		return nil
+	for {
+		if n := len(ss.free); n > 0 {
+			s := ss.free[n-1]
+			ss.free[n-1] = nil
+			ss.free = ss.free[:n-1]
+			return s, nil
+		}
+		if ss.resetting < 2 {
+			return nil, nil
+		}
+		if ss.ready == nil {
+			ss.ready = make(chan struct{})
+		}
+		ready := ss.ready
+		ss.waiting++
+		ss.mu.Unlock()
+		var err error
+		select {
+		case <-ready:
+		case <-ctx.Done():
+			err = ctx.Err()
+		}
+		ss.mu.Lock()
+		ss.waiting--
+		if err != nil {
+			return nil, err
+		}
 	}
-	s := ss.free[n-1]
-	ss.free[n-1] = nil
-	ss.free = ss.free[:n-1]
-	return s
+}
+
+// putLocked makes s a ready spare and wakes the takers waiting for one.
+func (ss *sessions) putLocked(s driver.Conn) {
+	ss.free = append(ss.free, s)
+	if ss.ready != nil {
+		close(ss.ready)
+		ss.ready = nil
+	}
 }
 
 // track records nc as the socket of s.
@@ -125,12 +180,17 @@ func (ss *sessions) trimLocked() []driver.Conn {
 
 // recycle takes back a session whose held branch is finished: it is reset
 // and becomes a spare, or closed when it cannot be reset or is not needed.
-// The reset runs in the background; phase two does not wait for it.
+// The reset runs in the background; phase two does not wait for it. s is
+// counted as held until it is a spare or closed, so that a session moving
+// from held to spare does not push another spare over the bound.
 func (ss *sessions) recycle(s driver.Conn) {
 	ss.mu.Lock()
 	nc := ss.nets[s]
 	if ss.reset == nil || nc == nil || len(ss.free)+ss.resetting >= ss.boundLocked() {
+		ss.held--
+		over := ss.trimLocked()
 		ss.mu.Unlock()
+		ss.closeAll(over)
 		ss.closeSession(s)
 		return
 	}
@@ -145,10 +205,13 @@ func (ss *sessions) recycle(s driver.Conn) {
 		ss.mu.Lock()
 		ss.resetting--
 		if err == nil && len(ss.free)+ss.resetting < ss.boundLocked() {
-			ss.free = append(ss.free, s)
+			ss.putLocked(s)
 			s = nil
 		}
+		ss.held--
+		over := ss.trimLocked()
 		ss.mu.Unlock()
+		ss.closeAll(over)
 		if s != nil {
 			ss.closeSession(s)
 		}
