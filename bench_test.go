@@ -155,7 +155,7 @@ func BenchmarkPassthrough(b *testing.B) {
 		}},
 	}
 	for _, s := range servers() {
-		b.Run(s.kind, func(b *testing.B) {
+		b.Run(s.label, func(b *testing.B) {
 			impls := benchImpls(b, s)
 			for _, o := range ops {
 				b.Run(o.name, func(b *testing.B) {
@@ -193,7 +193,7 @@ func BenchmarkPassthrough(b *testing.B) {
 // tx/s).
 func BenchmarkNamedCycle(b *testing.B) {
 	for _, s := range servers() {
-		b.Run(s.kind, func(b *testing.B) {
+		b.Run(s.label, func(b *testing.B) {
 			impls := benchImpls(b, s)
 			// The 1PC baseline on the raw pool, into a table of its own.
 			raw := impls[0]
