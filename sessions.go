@@ -38,7 +38,7 @@ type sessions struct {
 	bare      int           // open conns without a session
 	held      int           // sessions held by prepared branches
 	waiting   int           // takers waiting for a reset to end
-	ready     chan struct{} // closed when a spare is put, for the waiting
+	ready     chan struct{} // closed when a reset ends, for the waiting
 	live      int           // open conns
 	closed    bool
 	nets      map[driver.Conn]net.Conn // a session's socket, for reset
@@ -86,7 +86,7 @@ func (ss *sessions) take(ctx context.Context) (driver.Conn, error) {
 			ss.free = ss.free[:n-1]
 			return s, nil
 		}
-		if ss.resetting < 2 {
+		if ss.closed || ss.resetting < 2 {
 			return nil, nil
 		}
 		if ss.ready == nil {
@@ -109,9 +109,8 @@ func (ss *sessions) take(ctx context.Context) (driver.Conn, error) {
 	}
 }
 
-// putLocked makes s a ready spare and wakes the takers waiting for one.
-func (ss *sessions) putLocked(s driver.Conn) {
-	ss.free = append(ss.free, s)
+// wakeLocked wakes the takers waiting for a reset to end.
+func (ss *sessions) wakeLocked() {
 	if ss.ready != nil {
 		close(ss.ready)
 		ss.ready = nil
@@ -205,9 +204,10 @@ func (ss *sessions) recycle(s driver.Conn) {
 		ss.mu.Lock()
 		ss.resetting--
 		if err == nil && len(ss.free)+ss.resetting < ss.boundLocked() {
-			ss.putLocked(s)
+			ss.free = append(ss.free, s)
 			s = nil
 		}
+		ss.wakeLocked() // with a spare, or fewer resets to wait for
 		ss.held--
 		over := ss.trimLocked()
 		ss.mu.Unlock()

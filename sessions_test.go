@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"runtime"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -462,4 +463,40 @@ func TestMySQLResetKeepsDSNSettings(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// TestMySQLSessionsClosedWithDB: DB.Close closes every session dtx keeps,
+// spares, sessions being reset and held ones (whose branches stay
+// prepared), and leaves no reset running.
+func TestMySQLSessionsClosedWithDB(t *testing.T) {
+	s := ntServer(t, "mysql")
+	raw := open(t, s, s.raw)
+	ctx := ntCtx(t)
+	p, dsn := newSessProxy(t, s, "")
+	db, err := sql.Open(s.wrapped, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tbl := table(t, s, raw, "id BIGINT PRIMARY KEY")
+	prefix := names(t, s)
+	goroutines := runtime.NumGoroutine()
+	sessLoad(t, 4, 500*time.Millisecond, func(n int64) error {
+		name := prefix + strconv.FormatInt(n, 10)
+		if err := dtx.BeginDistributed(ctx, db, name, ntInsertFn(ctx, tbl, int(n))); err != nil {
+			return err
+		}
+		return dtx.CommitDistributed(ctx, name)
+	})
+	// One branch left prepared: its held session must close with the DB.
+	ntOK(t, "BeginDistributed", dtx.BeginDistributed(ctx, db, prefix+"left", ntInsertFn(ctx, tbl, -1)))
+	if p.open.Load() == 0 {
+		t.Fatal("no session open before Close")
+	}
+	ntOK(t, "Close", db.Close())
+	ntEventually(t, 5*time.Second, "sessions still open after DB.Close", func() bool { return p.open.Load() == 0 })
+	ntEventually(t, 5*time.Second, "goroutines left after DB.Close", func() bool {
+		return runtime.NumGoroutine() <= goroutines+2 // the proxy's accept loop may lag
+	})
+	ntMustList(t, open(t, s, s.wrapped), prefix+"left", true)
+	ntOK(t, "RollbackDistributed", dtx.RollbackDistributed(ctx, prefix+"left"))
 }
