@@ -21,7 +21,7 @@ type conn struct {
 	// (see connector.session); the next call gets a new one.
 	parent driver.Conn
 	c      *connector
-	closed bool
+	closed bool // counted closed in c.c.ss
 }
 
 var (
@@ -171,17 +171,14 @@ func (c *conn) PrepareContext(ctx context.Context, query string) (driver.Stmt, e
 // Close implements driver.Conn. A conn without a session closes nothing
 // on the server, but one spare fewer is kept (see sessions).
 func (c *conn) Close() error {
-	if c.closed {
+	if !c.closed {
+		c.closed = true
+		c.c.ss.closedConn(c.parent == nil)
+	}
+	if c.parent == nil {
 		return nil
 	}
-	c.closed = true
-	s := c.parent
-	c.parent = nil
-	c.c.ss.closedConn(s == nil)
-	if s == nil {
-		return nil
-	}
-	return c.c.ss.closeSession(s)
+	return c.c.ss.closeSession(c.parent)
 }
 
 // Begin implements driver.Conn. database/sql never calls it on a conn that
