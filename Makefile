@@ -6,7 +6,7 @@ ifeq ($(CI),true)
 export DTX_REQUIRE_DB=1
 endif
 
-.PHONY: test demo bench devdb vet crash
+.PHONY: test test-pgx demo bench devdb vet crash
 
 devdb:
 	@bash scripts/devdb.sh
@@ -17,6 +17,15 @@ vet:
 test: devdb vet
 	$(GO) test -race -count=1 ./...
 	cd tests/orm && $(GO) vet ./... && $(GO) test -race -count=1 ./...
+	$(MAKE) test-pgx
+
+# The pgx module (package dtxpgx) and, through pgx, every test of named
+# transactions in named_test.go: an overlay links pgx/testdata's file into
+# dtx's tests, which registers dtx+pgx, so servers() adds pgx on PostgreSQL.
+test-pgx:
+	cd pgx && $(GO) vet ./... && $(GO) test -race -count=1 ./...
+	ov=$$(mktemp) && printf '{"Replace":{"%s/zz_pgx_register_test.go":"%s/pgx/testdata/register_test.go.in"}}' "$(CURDIR)" "$(CURDIR)" >"$$ov" && \
+	cd pgx && $(GO) test -race -count=1 -overlay "$$ov" -run '^TestNamed' github.com/dtx-go/dtx; rc=$$?; rm -f "$$ov"; exit $$rc
 
 demo: devdb
 	$(GO) run ./examples/demo

@@ -46,15 +46,24 @@ type benchSide struct {
 
 // benchImpls opens a pool per side on s, raw first (dtx first when
 // DTX_BENCH_DTX_FIRST=1), each with its own table; pools and tables live as
-// long as b.
+// long as b. Each pool keeps benchConns open and idle.
 func benchImpls(b *testing.B, s server) []benchSide {
+	return benchImplsPool(b, s, true)
+}
+
+// benchImplsPool is benchImpls; with sized false the pools keep
+// database/sql's defaults (MaxIdleConns 2, no MaxOpenConns), as most
+// callers run them.
+func benchImplsPool(b *testing.B, s server, sized bool) []benchSide {
 	b.Helper()
 	need(b, s)
 	var out []benchSide
 	for _, side := range []struct{ name, drv string }{{"raw", s.raw}, {"dtx", s.wrapped}} {
 		db := open(b, s, side.drv)
-		db.SetMaxOpenConns(benchConns)
-		db.SetMaxIdleConns(benchConns)
+		if sized {
+			db.SetMaxOpenConns(benchConns)
+			db.SetMaxIdleConns(benchConns)
+		}
 		benchWarmPool(b, db, 8)
 		tbl := table(b, s, db, benchCols)
 		out = append(out, benchSide{name: side.name, db: db, tbl: tbl, ins: benchInsertSQL(s, tbl)})
@@ -155,7 +164,7 @@ func BenchmarkPassthrough(b *testing.B) {
 		}},
 	}
 	for _, s := range servers() {
-		b.Run(s.kind, func(b *testing.B) {
+		b.Run(s.label, func(b *testing.B) {
 			impls := benchImpls(b, s)
 			for _, o := range ops {
 				b.Run(o.name, func(b *testing.B) {
@@ -193,30 +202,42 @@ func BenchmarkPassthrough(b *testing.B) {
 // tx/s).
 func BenchmarkNamedCycle(b *testing.B) {
 	for _, s := range servers() {
-		b.Run(s.kind, func(b *testing.B) {
-			impls := benchImpls(b, s)
-			// The 1PC baseline on the raw pool, into a table of its own.
-			raw := impls[0]
-			if raw.name != "raw" {
-				raw = impls[1]
+		b.Run(s.label, func(b *testing.B) {
+			// pool=default: database/sql's defaults (MaxIdleConns 2), as
+			// most callers run it; pool=idle16: MaxOpenConns and
+			// MaxIdleConns 16, above the concurrency.
+			for _, pool := range []string{"default", "idle16"} {
+				b.Run("pool="+pool, func(b *testing.B) {
+					benchNamedCycles(b, s, pool == "idle16")
+				})
 			}
-			onePC := benchSide{name: "raw1pc", db: raw.db, tbl: table(b, s, raw.db, benchCols)}
-			onePC.ins = benchInsertSQL(s, onePC.tbl)
-			// The same 1PC transaction with BEGIN and COMMIT sent by hand
-			// on a *sql.Conn, like the raw 2PC baseline: raw1pc/raw1pc-conn
-			// is what *sql.Tx itself costs (a goroutine per transaction),
-			// which dtx pays and the hand-written 2PC baseline does not.
-			onePCConn := onePC
-			onePCConn.name = "raw1pc-conn"
-			impls = append(impls, onePC, onePCConn)
+		})
+	}
+}
 
-			for _, conc := range []int{1, 8} {
-				b.Run("conc="+strconv.Itoa(conc), func(b *testing.B) {
-					for _, im := range impls {
-						b.Run("impl="+im.name, func(b *testing.B) {
-							benchRunCycles(b, conc, benchCycle(b, s, im))
-						})
-					}
+func benchNamedCycles(b *testing.B, s server, sized bool) {
+	impls := benchImplsPool(b, s, sized)
+	if sized {
+		// The 1PC baseline on the raw pool, into a table of its own.
+		raw := impls[0]
+		if raw.name != "raw" {
+			raw = impls[1]
+		}
+		onePC := benchSide{name: "raw1pc", db: raw.db, tbl: table(b, s, raw.db, benchCols)}
+		onePC.ins = benchInsertSQL(s, onePC.tbl)
+		// The same 1PC transaction with BEGIN and COMMIT sent by hand
+		// on a *sql.Conn, like the raw 2PC baseline: raw1pc/raw1pc-conn
+		// is what *sql.Tx itself costs (a goroutine per transaction),
+		// which dtx pays and the hand-written 2PC baseline does not.
+		onePCConn := onePC
+		onePCConn.name = "raw1pc-conn"
+		impls = append(impls, onePC, onePCConn)
+	}
+	for _, conc := range []int{1, 8} {
+		b.Run("conc="+strconv.Itoa(conc), func(b *testing.B) {
+			for _, im := range impls {
+				b.Run("impl="+im.name, func(b *testing.B) {
+					benchRunCycles(b, conc, benchCycle(b, s, im))
 				})
 			}
 		})

@@ -21,6 +21,7 @@ type conn struct {
 	// (see connector.session); the next call gets a new one.
 	parent driver.Conn
 	c      *connector
+	closed bool // counted closed in c.c.ss
 }
 
 var (
@@ -114,11 +115,12 @@ func (c *conn) attach(ctx context.Context) error {
 	if c.parent != nil {
 		return nil
 	}
-	s, err := c.c.session(ctx)
+	s, err := c.c.session(ctx, false)
 	if err != nil {
 		return err
 	}
 	c.parent = s
+	c.c.ss.gained()
 	return nil
 }
 
@@ -126,7 +128,10 @@ func (c *conn) attach(ctx context.Context) error {
 // c gets another one on its next use.
 func (c *conn) detach() driver.Conn {
 	s := c.parent
-	c.parent = nil
+	if s != nil {
+		c.parent = nil
+		c.c.ss.lost()
+	}
 	return s
 }
 
@@ -134,7 +139,7 @@ func (c *conn) detach() driver.Conn {
 // inherit; c gets another one on its next use.
 func (c *conn) discard() {
 	if s := c.detach(); s != nil {
-		s.Close()
+		c.c.ss.closeSession(s)
 	}
 }
 
@@ -163,12 +168,17 @@ func (c *conn) PrepareContext(ctx context.Context, query string) (driver.Stmt, e
 	return st, err
 }
 
-// Close implements driver.Conn.
+// Close implements driver.Conn. A conn without a session closes nothing
+// on the server, but one spare fewer is kept (see sessions).
 func (c *conn) Close() error {
+	if !c.closed {
+		c.closed = true
+		c.c.ss.closedConn(c.parent == nil)
+	}
 	if c.parent == nil {
 		return nil
 	}
-	return c.parent.Close()
+	return c.c.ss.closeSession(c.parent)
 }
 
 // Begin implements driver.Conn. database/sql never calls it on a conn that

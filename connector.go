@@ -20,8 +20,9 @@ type connector struct {
 	drv    *Driver
 	opts   options
 
+	ss sessions // spare parent sessions (MariaDB/MySQL)
+
 	mu     sync.Mutex
-	spares []driver.Conn        // parent sessions free for a conn that lost its own
 	heldAt map[*entry]time.Time // entries holding a session, since when
 	closed bool
 
@@ -50,12 +51,14 @@ func newConnector(parent driver.Connector, drv *Driver, opts []Option) *connecto
 	return &connector{parent: parent, drv: drv, opts: defaultOptions(opts)}
 }
 
-// Connect implements driver.Connector: a parent connection, wrapped.
+// Connect implements driver.Connector: a spare session when there is a
+// live one, else a new parent connection, wrapped.
 func (c *connector) Connect(ctx context.Context) (driver.Conn, error) {
-	pc, err := c.parent.Connect(ctx)
+	pc, err := c.session(ctx, true)
 	if err != nil {
 		return nil, err
 	}
+	c.ss.opened()
 	return wrapConn(pc, c), nil
 }
 
@@ -70,18 +73,13 @@ func (c *connector) Close() error {
 	reg.removeConnector(c)
 	c.mu.Lock()
 	c.closed = true
-	spares := c.spares
-	c.spares = nil
 	c.mu.Unlock()
 	c.releaseAll()
-	var errs []error
+	errs := c.ss.close()
 	add := func(err error) {
 		if err != nil {
 			errs = append(errs, err)
 		}
-	}
-	for _, s := range spares {
-		add(s.Close())
 	}
 	c.ownOnce.Do(func() {}) // no pool of our own from now on
 	if c.own != nil {
@@ -98,31 +96,35 @@ func (c *connector) Close() error {
 
 func (c *connector) dialect() Dialect { return c.drv.dialect }
 
-// session gives a conn whose parent session was taken for a prepared branch
-// a new one: a spare if there is one, else a new parent connection.
-func (c *connector) session(ctx context.Context) (driver.Conn, error) {
-	c.mu.Lock()
-	if n := len(c.spares); n > 0 {
-		s := c.spares[n-1]
-		c.spares = c.spares[:n-1]
-		c.mu.Unlock()
-		return s, nil
+// session returns a parent session for a new conn, or for one whose session
+// a prepared branch took: a spare if there is one, else a new parent
+// connection. check is for a session that database/sql will not check
+// itself (a new conn's): a spare whose socket died meanwhile is closed and
+// the next one tried.
+func (c *connector) session(ctx context.Context, check bool) (driver.Conn, error) {
+	for {
+		s, err := c.ss.take(ctx)
+		if err != nil {
+			return nil, err
+		}
+		if s == nil {
+			break
+		}
+		r, ok := s.(driver.SessionResetter)
+		if !check || !ok || r.ResetSession(ctx) == nil {
+			return s, nil
+		}
+		c.ss.closeSession(s)
 	}
-	c.mu.Unlock()
-	return c.parent.Connect(ctx)
-}
-
-// spare takes back a held session after its phase two, for reuse.
-func (c *connector) spare(s driver.Conn) {
-	c.mu.Lock()
-	if !c.closed && len(c.spares) < c.opts.holdLimit {
-		c.spares = append(c.spares, s)
-		s = nil
+	if c.ss.reset == nil {
+		return c.parent.Connect(ctx)
 	}
-	c.mu.Unlock()
-	if s != nil {
-		s.Close()
+	var slot netSlot
+	s, err := c.parent.Connect(context.WithValue(ctx, netSlotKey{}, &slot))
+	if err == nil && slot.nc != nil {
+		c.ss.track(s, slot.nc)
 	}
+	return s, err
 }
 
 // learn records the caller's pool, so that phase two runs on its connections

@@ -163,8 +163,14 @@
 // session can do nothing else until the branch is finished. dtx takes the
 // session out of database/sql's pool (the pool's connection gets a new
 // session on its next use), holds it, runs XA COMMIT or XA ROLLBACK on it,
-// and keeps it afterwards for reuse. Held sessions are not counted by
-// SetMaxOpenConns. Three options bound this:
+// resets it (COM_RESET_CONNECTION) and keeps it afterwards as a spare, which
+// the next connection needing a session takes before dtx dials. So a
+// *sql.Conn continues on another, clean session after a named transaction:
+// its session variables, user variables, temporary tables and GET_LOCK locks
+// are gone, and none of them ever reaches another pool user. Spares are
+// bounded by the pool's connections and close as the pool closes its idle
+// ones. Held sessions are not counted by SetMaxOpenConns. Three options
+// bound the holding:
 //
 //   - [WithHoldLimit] (default 64 per *sql.DB): over it, the session held
 //     longest is closed.
@@ -207,11 +213,14 @@
 //
 // [Register] wraps any driver.Driver under a new name, with a dialect,
 // [Postgres] or [MySQL], and options; [NewConnector] wraps a
-// driver.Connector for [database/sql.OpenDB]. pgx's stdlib works with
-// [Postgres]:
-//
-//	dtx.Register("dtx+pgx", stdlib.GetDefaultDriver(), dtx.Postgres)
-//	db, err := sql.Open("dtx+pgx", dsn)
+// driver.Connector for [database/sql.OpenDB]:
 //
 //	db := sql.OpenDB(dtx.NewConnector(connector, dtx.Postgres))
+//
+// For pgx, the module github.com/dtx-go/dtx/pgx registers "dtx+pgx" with
+// the [WithCommandTag] function pgx needs (dtx itself does not depend on
+// pgx):
+//
+//	import _ "github.com/dtx-go/dtx/pgx"
+//	db, err := sql.Open("dtx+pgx", dsn)
 package dtx

@@ -44,8 +44,8 @@ var registered struct {
 // dialect does nothing; with a different parent or dialect it panics, as
 // sql.Register does for a duplicate name.
 //
-//	dtx.Register("dtx+pgx", stdlib.GetDefaultDriver(), dtx.Postgres)
-//	db, err := sql.Open("dtx+pgx", dsn)
+//	dtx.Register("dtx+mysql-tuned", &mysql.MySQLDriver{}, dtx.MySQL, dtx.WithHoldLimit(16))
+//	db, err := sql.Open("dtx+mysql-tuned", dsn)
 func Register(name string, parent driver.Driver, d Dialect, opts ...Option) {
 	if parent == nil || d == nil {
 		panic("dtx: Register driver " + name + " with a nil parent or dialect")
@@ -105,6 +105,15 @@ func (d *Driver) OpenConnector(dsn string) (driver.Connector, error) {
 }
 
 func (d *Driver) connector(dsn string) (*connector, error) {
+	if _, ok := d.parent.(*mysql.MySQLDriver); ok && d.dialect == MySQL {
+		parent, reset, err := mysqlConnector(dsn)
+		if err != nil {
+			return nil, err
+		}
+		c := newConnector(parent, d, d.opts)
+		c.ss.reset = reset
+		return c, nil
+	}
 	var parent driver.Connector = dsnConnector{dsn: dsn, drv: d.parent}
 	if dc, ok := d.parent.(driver.DriverContext); ok {
 		var err error

@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -20,6 +21,7 @@ import (
 // server is one of the local database servers the tests run against.
 type server struct {
 	kind    string // "postgres" or "mysql"
+	label   string // the subtest name: kind, or "pgx" for PostgreSQL through pgx
 	raw     string // the parent driver's name
 	wrapped string // dtx's driver name
 	dsn     string
@@ -39,11 +41,18 @@ func myDSN() string {
 	return "root@tcp(127.0.0.1:3306)/test"
 }
 
+// servers lists lib/pq on PostgreSQL, then MariaDB, then, when the test
+// binary has the drivers (the pgx module's run of these tests links them in,
+// see pgx/Makefile), pgx on PostgreSQL.
 func servers() []server {
-	return []server{
-		{kind: "postgres", raw: "postgres", wrapped: "dtx+postgres", dsn: pgDSN()},
-		{kind: "mysql", raw: "mysql", wrapped: "dtx+mysql", dsn: myDSN()},
+	ss := []server{
+		{kind: "postgres", label: "postgres", raw: "postgres", wrapped: "dtx+postgres", dsn: pgDSN()},
+		{kind: "mysql", label: "mysql", raw: "mysql", wrapped: "dtx+mysql", dsn: myDSN()},
 	}
+	if slices.Contains(sql.Drivers(), "dtx+pgx") && slices.Contains(sql.Drivers(), "pgx") {
+		ss = append(ss, server{kind: "postgres", label: "pgx", raw: "pgx", wrapped: "dtx+pgx", dsn: pgDSN()})
+	}
+	return ss
 }
 
 var reachable sync.Map // dsn -> error
@@ -91,10 +100,11 @@ func open(t testing.TB, s server, drv string) *sql.DB {
 	return db
 }
 
-// eachServer runs f once per server, as subtests named after the kind.
+// eachServer runs f once per server, as subtests named after the kind (pgx
+// for PostgreSQL through pgx).
 func eachServer(t *testing.T, f func(t *testing.T, s server)) {
 	for _, s := range servers() {
-		t.Run(s.kind, func(t *testing.T) { f(t, s) })
+		t.Run(s.label, func(t *testing.T) { f(t, s) })
 	}
 }
 

@@ -1,6 +1,10 @@
 package dtx
 
-import "time"
+import (
+	"context"
+	"database/sql/driver"
+	"time"
+)
 
 // Option tunes a dtx connector; pass options to NewConnector or Register.
 type Option func(*options)
@@ -9,6 +13,7 @@ type options struct {
 	holdLimit   int
 	holdTimeout time.Duration
 	detachGrace time.Duration
+	commandTag  func(ctx context.Context, parent driver.Conn, query string) (string, error)
 }
 
 func defaultOptions(opts []Option) options {
@@ -55,4 +60,18 @@ func WithDetachGrace(d time.Duration) Option {
 			o.detachGrace = d
 		}
 	}
+}
+
+// WithCommandTag gives the Postgres dialect a way to run a statement without
+// arguments on a parent connection and read its command tag, for a driver
+// whose results carry none (lib/pq's rows do, and dtx reads those itself).
+// dtx needs the tag of PREPARE TRANSACTION and of a one-phase COMMIT: in a
+// transaction where a statement failed, PostgreSQL answers ROLLBACK without
+// an error. Without it dtx first runs a statement that fails in an aborted
+// transaction, one round trip more. f returns driver.ErrSkip for a
+// connection it does not know; dtx then falls back.
+//
+// The dtxpgx package (module github.com/dtx-go/dtx/pgx) passes one for pgx.
+func WithCommandTag(f func(ctx context.Context, parent driver.Conn, query string) (tag string, err error)) Option {
+	return func(o *options) { o.commandTag = f }
 }

@@ -44,17 +44,22 @@ func (postgresDialect) begin(ctx context.Context, c *conn, _ string, opts driver
 	return execDriver(ctx, c.parent, q)
 }
 
-// prepare sends PREPARE TRANSACTION as a query so that it can read the
-// command tag: in a transaction where a statement failed, PostgreSQL answers
-// ROLLBACK without an error and prepares nothing. A driver that reports no
-// tag (anything but lib/pq) first gets a statement that fails in an aborted
-// transaction; looking in pg_prepared_xacts afterwards would not do, as
-// another process may have the same name prepared.
+// prepare sends PREPARE TRANSACTION so that it can read the command tag: in
+// a transaction where a statement failed, PostgreSQL answers ROLLBACK
+// without an error and prepares nothing. The tag comes from the connector's
+// WithCommandTag function (dtxpgx gives one for pgx), else from lib/pq's
+// rows; a driver that reports no tag first gets a statement that fails in an
+// aborted transaction. Looking in pg_prepared_xacts afterwards would not do,
+// as another process may have the same name prepared.
 func (postgresDialect) prepare(ctx context.Context, c *conn, name string) (driver.Conn, error) {
-	if err := pgNotAborted(ctx, c, name); err != nil {
-		return nil, err
+	q := pgLiteral("PREPARE TRANSACTION ", name)
+	tag, hasTag, err := pgHookTag(ctx, c, q)
+	if !hasTag && err == nil {
+		if err := pgNotAborted(ctx, c, name); err != nil {
+			return nil, err
+		}
+		tag, hasTag, err = queryDriver(ctx, c.parent, q, nil)
 	}
-	tag, hasTag, err := queryDriver(ctx, c.parent, pgLiteral("PREPARE TRANSACTION ", name), nil)
 	if err != nil {
 		return nil, pgPrepareError(name, err)
 	}
@@ -62,6 +67,20 @@ func (postgresDialect) prepare(ctx context.Context, c *conn, name string) (drive
 		return nil, fmt.Errorf("%w: %q was rolled back by the server (a statement in it failed)", ErrNotPrepared, name)
 	}
 	return nil, nil
+}
+
+// pgHookTag runs q through the connector's WithCommandTag function, if it
+// has one that knows c's parent; hasTag is false and err nil otherwise.
+func pgHookTag(ctx context.Context, c *conn, q string) (tag string, hasTag bool, err error) {
+	f := c.c.opts.commandTag
+	if f == nil {
+		return "", false, nil
+	}
+	tag, err = f(ctx, c.parent, q)
+	if err == driver.ErrSkip {
+		return "", false, nil
+	}
+	return tag, err == nil, err
 }
 
 // pgTagged reports whether the driver behind dc reports command tags: lib/pq
@@ -112,10 +131,13 @@ func pgPrepareError(name string, err error) error {
 // failed and nothing was committed. A driver that reports no tag (anything
 // but lib/pq) first gets a statement that fails in an aborted transaction.
 func (postgresDialect) commitOnePhase(ctx context.Context, c *conn, name string) error {
-	if err := pgNotAborted(ctx, c, name); err != nil {
-		return fmt.Errorf("%w: %w", ErrRolledBack, err)
+	tag, hasTag, err := pgHookTag(ctx, c, "COMMIT")
+	if !hasTag && err == nil {
+		if err := pgNotAborted(ctx, c, name); err != nil {
+			return fmt.Errorf("%w: %w", ErrRolledBack, err)
+		}
+		tag, hasTag, err = queryDriver(ctx, c.parent, "COMMIT", nil)
 	}
-	tag, hasTag, err := queryDriver(ctx, c.parent, "COMMIT", nil)
 	switch {
 	case err != nil && sqlState(err) != "":
 		return fmt.Errorf("%w: %q: %w", ErrRolledBack, name, err)

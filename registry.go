@@ -278,8 +278,11 @@ func (c *connector) phaseTwo(ctx context.Context, e *entry, commit bool) error {
 		if err == nil {
 			e.timer.Stop()
 			e.held = nil
-			c.unhold(e)
-			c.spare(s)
+			if c.unhold(e) {
+				c.ss.recycle(s)
+			} else {
+				c.ss.closeSession(s)
+			}
 			return nil
 		}
 		if errors.Is(err, ErrOutcomeUnknown) {
@@ -311,6 +314,7 @@ func (c *connector) hold(e *entry, s driver.Conn) {
 		c.heldAt = map[*entry]time.Time{}
 	}
 	c.heldAt[e] = time.Now()
+	c.ss.holding(1)
 	var victim *entry
 	if len(c.heldAt) > c.opts.holdLimit || c.closed {
 		for h, at := range c.heldAt {
@@ -325,10 +329,14 @@ func (c *connector) hold(e *entry, s driver.Conn) {
 	}
 }
 
-func (c *connector) unhold(e *entry) {
+// unhold forgets that e holds a session and reports whether it did; the
+// caller recycles or closes the session.
+func (c *connector) unhold(e *entry) bool {
 	c.mu.Lock()
+	_, ok := c.heldAt[e]
 	delete(c.heldAt, e)
 	c.mu.Unlock()
+	return ok
 }
 
 // release closes the session e's branch is bound to. The branch stays
@@ -345,10 +353,12 @@ func (c *connector) releaseLocked(e *entry) {
 		return
 	}
 	e.timer.Stop()
-	e.held.Close()
+	c.ss.closeSession(e.held)
 	e.held = nil
 	e.detached = time.Now()
-	c.unhold(e)
+	if c.unhold(e) {
+		c.ss.holding(-1)
+	}
 }
 
 // releaseAll releases every session c holds, when c closes.

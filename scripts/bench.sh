@@ -11,6 +11,9 @@
 #   BENCHOUT    where results go (default bench.out; overwritten)
 #   BENCHFLAGS  more test flags, e.g. "-test.bench=NamedCycle -test.benchtime=3s"
 #   GOMAXPROCS  e.g. 1, for the GOMAXPROCS=1 variant
+#   BENCHPGX    1 (default) also measures pgx on PostgreSQL: the test binary is
+#               built from the pgx module with pgx/testdata's file linked in
+#               (as make test-pgx does); 0 for lib/pq and MariaDB only
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,7 +23,12 @@ out=${BENCHOUT:-bench.out}
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
-"$GO" test -c -o "$tmp/dtx.test" .
+if [ "${BENCHPGX:-1}" = 1 ]; then
+	printf '{"Replace":{"%s/zz_pgx_register_test.go":"%s/pgx/testdata/register_test.go.in"}}' "$PWD" "$PWD" >"$tmp/overlay.json"
+	(cd pgx && "$GO" test -c -overlay "$tmp/overlay.json" -o "$tmp/dtx.test" github.com/dtx-go/dtx)
+else
+	"$GO" test -c -o "$tmp/dtx.test" .
+fi
 : >"$out"
 for i in $(seq 1 "$count"); do
 	first=raw

@@ -1,0 +1,163 @@
+package dtx
+
+import (
+	"context"
+	"database/sql/driver"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/url"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/go-sql-driver/mysql"
+)
+
+// A MariaDB/MySQL session that held a prepared branch still carries the
+// state its user gave it: SET SESSION values, user variables, temporary
+// tables, GET_LOCK locks. Before it serves anyone else dtx resets it with
+// COM_RESET_CONNECTION, which go-sql-driver/mysql (v1.10) never sends: its
+// ResetSession only checks that the socket is alive. So the dtx+mysql
+// driver builds its parent connector from the DSN with a dial function that
+// records each session's socket, and writes that one command on the socket
+// itself while the session is idle and owned by dtx alone. The server keeps
+// the handshake's character set and collation across the reset; what the
+// driver set by statement at connect (charset=, system variables in the DSN)
+// is sent again.
+//
+// COM_RESET_CONNECTION is sent only after XA COMMIT or XA ROLLBACK succeeded
+// on the session: right after XA PREPARE it detaches the branch and can
+// orphan it (see docs/two-phase.md).
+
+// netSlot receives the socket the dial function opens for one Connect.
+type netSlot struct{ nc net.Conn }
+
+type netSlotKey struct{}
+
+// mysqlResettable reports whether sessions opened with cfg can be reset by
+// dtx: plain TCP or unix sockets, no TLS, no compression, no dial function
+// of the caller's. Others are closed after their held branch instead.
+func mysqlResettable(cfg *mysql.Config) bool {
+	switch cfg.Net {
+	case "tcp", "tcp4", "tcp6", "unix":
+	default:
+		return false
+	}
+	return cfg.TLS == nil && cfg.DialFunc == nil && !strings.Contains(cfg.FormatDSN(), "compress=true")
+}
+
+// mysqlConnector is the dtx+mysql driver's parent connector for dsn, and the
+// reset for its sessions, nil when they cannot be reset.
+func mysqlConnector(dsn string) (driver.Connector, func(context.Context, driver.Conn, net.Conn) error, error) {
+	cfg, err := mysql.ParseDSN(dsn)
+	if err != nil {
+		return nil, nil, err
+	}
+	if !mysqlResettable(cfg) {
+		pc, err := mysql.NewConnector(cfg)
+		return pc, nil, err
+	}
+	cfg.DialFunc = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		var d net.Dialer
+		nc, err := d.DialContext(ctx, network, addr)
+		if slot, ok := ctx.Value(netSlotKey{}).(*netSlot); ok && err == nil {
+			slot.nc = nc
+		}
+		return nc, err
+	}
+	pc, err := mysql.NewConnector(cfg)
+	if err != nil {
+		return nil, nil, err
+	}
+	replay := mysqlReplay(dsn, cfg)
+	return pc, func(ctx context.Context, s driver.Conn, nc net.Conn) error {
+		if err := comResetConnection(ctx, nc); err != nil {
+			return err
+		}
+		for _, q := range replay {
+			if err := execDriver(ctx, s, q); err != nil {
+				return err
+			}
+		}
+		return nil
+	}, nil
+}
+
+// mysqlReplay is what the driver sets by statement when it connects and a
+// reset undoes: SET NAMES for a charset= parameter, SET for system
+// variables given in the DSN.
+func mysqlReplay(dsn string, cfg *mysql.Config) []string {
+	var out []string
+	if i := strings.LastIndexByte(dsn, '?'); i >= 0 {
+		if q, err := url.ParseQuery(dsn[i+1:]); err == nil && q.Get("charset") != "" {
+			cs := strings.Split(q.Get("charset"), ",")[0]
+			s := "SET NAMES " + cs
+			if cfg.Collation != "" && q.Get("collation") != "" {
+				s += " COLLATE " + cfg.Collation
+			}
+			out = append(out, s)
+		}
+	}
+	if len(cfg.Params) > 0 {
+		keys := make([]string, 0, len(cfg.Params))
+		for k := range cfg.Params {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		var b strings.Builder
+		for i, k := range keys {
+			if i > 0 {
+				b.WriteString(", ")
+			}
+			b.WriteString(k + " = " + cfg.Params[k])
+		}
+		out = append(out, "SET "+b.String())
+	}
+	return out
+}
+
+// comResetConnection sends COM_RESET_CONNECTION (0x1f) on nc and reads the
+// server's OK or ERR packet. The driver is not using nc meanwhile: the
+// session is idle and serves no conn.
+func comResetConnection(ctx context.Context, nc net.Conn) error {
+	dl, ok := ctx.Deadline()
+	if !ok {
+		dl = time.Now().Add(resetTimeout)
+	}
+	if err := nc.SetDeadline(dl); err != nil {
+		return err
+	}
+	defer nc.SetDeadline(time.Time{})
+	if _, err := nc.Write([]byte{1, 0, 0, 0, 0x1f}); err != nil {
+		return fmt.Errorf("dtx: COM_RESET_CONNECTION: %w", err)
+	}
+	var h [4]byte
+	if _, err := io.ReadFull(nc, h[:]); err != nil {
+		return fmt.Errorf("dtx: COM_RESET_CONNECTION: %w", err)
+	}
+	n := int(h[0]) | int(h[1])<<8 | int(h[2])<<16
+	if n == 0 || n > 1<<16 {
+		return errors.New("dtx: COM_RESET_CONNECTION: unexpected answer")
+	}
+	p := make([]byte, n)
+	if _, err := io.ReadFull(nc, p); err != nil {
+		return fmt.Errorf("dtx: COM_RESET_CONNECTION: %w", err)
+	}
+	switch {
+	case p[0] == 0x00:
+		return nil
+	case p[0] == 0xff && len(p) >= 3:
+		me := &mysql.MySQLError{Number: binary.LittleEndian.Uint16(p[1:3])}
+		msg := p[3:]
+		if len(msg) >= 6 && msg[0] == '#' {
+			copy(me.SQLState[:], msg[1:6])
+			msg = msg[6:]
+		}
+		me.Message = string(msg)
+		return fmt.Errorf("dtx: COM_RESET_CONNECTION: %w", me)
+	}
+	return errors.New("dtx: COM_RESET_CONNECTION: unexpected answer")
+}

@@ -1,0 +1,502 @@
+package dtx_test
+
+// Real-server tests of the MariaDB sessions dtx keeps (sessions.go,
+// mysqlsession.go): how many it opens under load at database/sql's default
+// pool settings, that spares expire with the pool's connections, and that no
+// session state travels from one pool user to another across a named
+// transaction. The servers are shared with other test runs, so sessions are
+// counted at a loopback proxy each test puts in front of MariaDB.
+
+import (
+	"database/sql"
+	"fmt"
+	"io"
+	"net"
+	"runtime"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/dtx-go/dtx"
+	"github.com/go-sql-driver/mysql"
+)
+
+// sessProxy forwards TCP connections to a server and counts them: every
+// connection accepted, those open now, and the most open at once.
+type sessProxy struct {
+	ln       net.Listener
+	target   string
+	network  string
+	accepted atomic.Int64
+	open     atomic.Int64
+	maxOpen  atomic.Int64
+
+	mu    sync.Mutex
+	conns map[net.Conn]struct{}
+	wg    sync.WaitGroup
+}
+
+// newSessProxy starts a proxy to the MariaDB of s and returns it with a DSN
+// that goes through it; it stops when t ends.
+func newSessProxy(t testing.TB, s server, params string) (*sessProxy, string) {
+	t.Helper()
+	need(t, s)
+	cfg, err := mysql.ParseDSN(s.dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &sessProxy{ln: ln, target: cfg.Addr, network: cfg.Net, conns: map[net.Conn]struct{}{}}
+	p.wg.Add(1)
+	go p.serve()
+	t.Cleanup(p.stop)
+	cfg.Net, cfg.Addr = "tcp", ln.Addr().String()
+	dsn := cfg.FormatDSN()
+	if params != "" {
+		sep := "?"
+		for _, r := range dsn {
+			if r == '?' {
+				sep = "&"
+			}
+		}
+		dsn += sep + params
+	}
+	return p, dsn
+}
+
+func (p *sessProxy) serve() {
+	defer p.wg.Done()
+	for {
+		c, err := p.ln.Accept()
+		if err != nil {
+			return
+		}
+		p.accepted.Add(1)
+		n := p.open.Add(1)
+		for {
+			m := p.maxOpen.Load()
+			if n <= m || p.maxOpen.CompareAndSwap(m, n) {
+				break
+			}
+		}
+		p.wg.Add(1)
+		go p.pipe(c)
+	}
+}
+
+func (p *sessProxy) pipe(c net.Conn) {
+	defer p.wg.Done()
+	defer p.open.Add(-1)
+	u, err := net.Dial(p.network, p.target)
+	if err != nil {
+		c.Close()
+		return
+	}
+	p.mu.Lock()
+	p.conns[c], p.conns[u] = struct{}{}, struct{}{}
+	p.mu.Unlock()
+	done := make(chan struct{}, 2)
+	cp := func(dst, src net.Conn) {
+		io.Copy(dst, src)
+		dst.Close()
+		src.Close()
+		done <- struct{}{}
+	}
+	go cp(u, c)
+	go cp(c, u)
+	<-done
+	<-done
+	p.mu.Lock()
+	delete(p.conns, c)
+	delete(p.conns, u)
+	p.mu.Unlock()
+}
+
+func (p *sessProxy) stop() {
+	p.ln.Close()
+	p.mu.Lock()
+	for c := range p.conns {
+		c.Close()
+	}
+	p.mu.Unlock()
+	p.wg.Wait()
+}
+
+// globalSessions reads the server-wide counters, only to be logged: other
+// test runs move them too.
+func globalSessions(t testing.TB, raw *sql.DB) (connections, threads int) {
+	t.Helper()
+	var k string
+	if err := raw.QueryRow("SHOW GLOBAL STATUS LIKE 'Connections'").Scan(&k, &connections); err != nil {
+		t.Fatal(err)
+	}
+	if err := raw.QueryRow("SHOW GLOBAL STATUS LIKE 'Threads_connected'").Scan(&k, &threads); err != nil {
+		t.Fatal(err)
+	}
+	return connections, threads
+}
+
+// sessLoad runs cycle from workers goroutines for d and returns how many
+// cycles ran.
+func sessLoad(t *testing.T, workers int, d time.Duration, cycle func(n int64) error) int64 {
+	t.Helper()
+	var n atomic.Int64
+	var wg sync.WaitGroup
+	errs := make(chan error, workers)
+	stop := time.Now().Add(d)
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for time.Now().Before(stop) {
+				if err := cycle(n.Add(1)); err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	return n.Load()
+}
+
+// TestMySQLSessionsUnderLoad runs 8 workers of named cycles (BeginDistributed
+// with one INSERT, CommitDistributed) for 3 s on a pool at database/sql's
+// defaults (MaxIdleConns 2, no MaxOpenConns), next to the same statements by
+// hand on the raw driver, and counts the server sessions each opens.
+//
+// The bound, from sessions.go: dtx's sessions are the pool's open conns that
+// have one, plus held ones, plus spares, and spares never outnumber the conns
+// without a session by more than one. Each worker has at most one conn in use
+// or one held session, the pool keeps at most 2 idle: at most 8+8+2+1 = 19
+// open at once. New sessions: a spare is taken before any dial, so dtx may
+// dial about as often as the raw driver, which at MaxIdleConns 2 also
+// reconnects; the test allows twice the raw count plus 20.
+func TestMySQLSessionsUnderLoad(t *testing.T) {
+	s := ntServer(t, "mysql")
+	raw := open(t, s, s.raw)
+	const workers = 8
+	const dur = 3 * time.Second
+	ctx := ntCtx(t)
+
+	run := func(t *testing.T, drv string) (cycles, accepted, maxOpen int64) {
+		p, dsn := newSessProxy(t, s, "")
+		db, err := sql.Open(drv, dsn)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer db.Close()
+		tbl := table(t, s, raw, "id BIGINT PRIMARY KEY")
+		prefix := names(t, s)
+		c0, t0 := globalSessions(t, raw)
+		var cycle func(n int64) error
+		if drv == s.raw {
+			cycle = func(n int64) error {
+				x := "'" + prefix + strconv.FormatInt(n, 10) + "'"
+				c, err := db.Conn(ctx)
+				if err != nil {
+					return err
+				}
+				defer c.Close()
+				for _, q := range []string{"XA START " + x, fmt.Sprintf("INSERT INTO %s VALUES (%d)", tbl, n), "XA END " + x, "XA PREPARE " + x, "XA COMMIT " + x} {
+					if _, err := c.ExecContext(ctx, q); err != nil {
+						return err
+					}
+				}
+				return nil
+			}
+		} else {
+			cycle = func(n int64) error {
+				name := prefix + strconv.FormatInt(n, 10)
+				if err := dtx.BeginDistributed(ctx, db, name, func(tx *sql.Tx) error {
+					_, err := tx.ExecContext(ctx, fmt.Sprintf("INSERT INTO %s VALUES (%d)", tbl, n))
+					return err
+				}); err != nil {
+					return err
+				}
+				return dtx.CommitDistributed(ctx, name)
+			}
+		}
+		cycles = sessLoad(t, workers, dur, cycle)
+		c1, t1 := globalSessions(t, raw)
+		t.Logf("%s: %d cycles, %d sessions opened, at most %d open (server-wide, shared: Connections +%d, Threads_connected %d -> %d)",
+			drv, cycles, p.accepted.Load(), p.maxOpen.Load(), c1-c0, t0, t1)
+		if got := int64(count(t, raw, "SELECT COUNT(*) FROM "+tbl)); got != cycles {
+			t.Fatalf("%d rows for %d cycles", got, cycles)
+		}
+		return cycles, p.accepted.Load(), p.maxOpen.Load()
+	}
+	var rawAccepted int64
+	t.Run("raw", func(t *testing.T) { _, rawAccepted, _ = run(t, s.raw) })
+	t.Run("dtx", func(t *testing.T) {
+		cycles, accepted, maxOpen := run(t, s.wrapped)
+		if maxOpen > 2*workers+2+1 {
+			t.Errorf("%d sessions open at once, bound %d", maxOpen, 2*workers+2+1)
+		}
+		if bound := 2*rawAccepted + 20; accepted > bound {
+			t.Errorf("%d sessions opened for %d cycles; the raw driver opened %d, bound %d", accepted, cycles, rawAccepted, bound)
+		}
+	})
+}
+
+// TestMySQLSparesExpire: spares are closed as the pool closes the conns they
+// stand in for, here after SetConnMaxIdleTime, and none are kept once the
+// pool is idle; with SetMaxIdleConns(n) at most n+1 sessions stay.
+func TestMySQLSparesExpire(t *testing.T) {
+	s := ntServer(t, "mysql")
+	raw := open(t, s, s.raw)
+	ctx := ntCtx(t)
+	for _, tc := range []struct {
+		name string
+		set  func(db *sql.DB)
+		left int64 // sessions open at most after the load
+	}{
+		{"MaxIdleTime", func(db *sql.DB) { db.SetConnMaxIdleTime(200 * time.Millisecond) }, 0},
+		{"MaxIdleConns", func(db *sql.DB) { db.SetMaxIdleConns(1) }, 2},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p, dsn := newSessProxy(t, s, "")
+			db, err := sql.Open(s.wrapped, dsn)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer db.Close()
+			tc.set(db)
+			tbl := table(t, s, raw, "id BIGINT PRIMARY KEY")
+			prefix := names(t, s)
+			cycles := sessLoad(t, 4, time.Second, func(n int64) error {
+				name := prefix + strconv.FormatInt(n, 10)
+				if err := dtx.BeginDistributed(ctx, db, name, ntInsertFn(ctx, tbl, int(n))); err != nil {
+					return err
+				}
+				return dtx.CommitDistributed(ctx, name)
+			})
+			t.Logf("%d cycles, %d sessions opened, at most %d open", cycles, p.accepted.Load(), p.maxOpen.Load())
+			if p.accepted.Load() >= cycles/2 {
+				t.Errorf("%d sessions opened for %d cycles: spares are not reused", p.accepted.Load(), cycles)
+			}
+			ntEventually(t, 5*time.Second, fmt.Sprintf("sessions still open: %d, want at most %d", p.open.Load(), tc.left), func() bool {
+				return p.open.Load() <= tc.left
+			})
+		})
+	}
+}
+
+// TestMySQLSessionStateNotShared: a SET SESSION value, a user variable, a
+// temporary table and a GET_LOCK lock that one pool user set before a named
+// transaction reach no other pool user, not even the one that gets the very
+// session back after phase two; the user's own *sql.Conn continues on a
+// clean session after the prepare, and the lock is released when the branch
+// is finished.
+func TestMySQLSessionStateNotShared(t *testing.T) {
+	s := ntServer(t, "mysql")
+	raw := open(t, s, s.raw)
+	ctx := ntCtx(t)
+	_, dsn := newSessProxy(t, s, "")
+	db, err := sql.Open(s.wrapped, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	tbl := table(t, s, raw, "id INT PRIMARY KEY")
+	name := names(t, s) + "state"
+	lock := "dtx_lock_" + token()
+	tmp := "dtx_tmp_" + token()
+
+	type state struct {
+		id       int64
+		timeout  int
+		userVar  sql.NullString
+		tmpTable bool
+		lockFree sql.NullInt64
+	}
+	read := func(c *sql.Conn) state {
+		t.Helper()
+		var st state
+		if err := c.QueryRowContext(ctx, "SELECT CONNECTION_ID(), @@SESSION.lock_wait_timeout, @dtx_user, IS_FREE_LOCK(?)", lock).
+			Scan(&st.id, &st.timeout, &st.userVar, &st.lockFree); err != nil {
+			t.Fatal(err)
+		}
+		_, err := c.ExecContext(ctx, "SELECT 1 FROM "+tmp)
+		st.tmpTable = err == nil
+		return st
+	}
+	clean := func(who string, st state) {
+		t.Helper()
+		if st.timeout == 3 || st.userVar.Valid || st.tmpTable {
+			t.Errorf("%s sees session %d with another user's state: %+v", who, st.id, st)
+		}
+	}
+
+	a, err := db.Conn(ctx)
+	ntOK(t, "Conn", err)
+	defer a.Close()
+	for _, q := range []string{
+		"SET SESSION lock_wait_timeout = 3",
+		"SET @dtx_user = 'a'",
+		"CREATE TEMPORARY TABLE " + tmp + " (x INT)",
+	} {
+		_, err := a.ExecContext(ctx, q)
+		ntOK(t, q, err)
+	}
+	var got int
+	ntOK(t, "GET_LOCK", a.QueryRowContext(ctx, "SELECT GET_LOCK(?, 0)", lock).Scan(&got))
+	before := read(a)
+	if got != 1 || before.timeout != 3 || !before.userVar.Valid || !before.tmpTable {
+		t.Fatalf("state not set up: GET_LOCK %d, %+v", got, before)
+	}
+
+	tx, err := a.BeginTx(dtx.WithName(ctx, name), nil)
+	ntOK(t, "BeginTx", err)
+	_, err = tx.ExecContext(ctx, ntInsert(tbl, 1))
+	ntOK(t, "INSERT", err)
+	ntOK(t, "prepare", tx.Commit())
+
+	// The same *sql.Conn goes on, on another, clean session.
+	after := read(a)
+	if after.id == before.id {
+		t.Fatalf("still on session %d, which holds the prepared branch", before.id)
+	}
+	clean("the preparing *sql.Conn after the prepare", after)
+	// Until phase two the lock stays with the held session.
+	ntOK(t, "IS_FREE_LOCK", raw.QueryRowContext(ctx, "SELECT IS_FREE_LOCK(?)", lock).Scan(&got))
+	if got != 0 {
+		t.Fatalf("IS_FREE_LOCK %d before phase two, want 0 (held by session %d)", got, before.id)
+	}
+	ntOK(t, "CommitDistributed", dtx.CommitDistributed(ctx, name))
+	ntMustRow(t, raw, tbl, 1, true)
+
+	// Other pool users: new conns, until one gets the held session back.
+	var others []*sql.Conn
+	defer func() {
+		for _, c := range others {
+			c.Close()
+		}
+	}()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		c, err := db.Conn(ctx)
+		ntOK(t, "Conn", err)
+		others = append(others, c)
+		st := read(c)
+		clean("another pool user", st)
+		if st.id == before.id {
+			if !st.lockFree.Valid || st.lockFree.Int64 != 1 {
+				t.Errorf("the lock is still taken on the reused session: IS_FREE_LOCK %v", st.lockFree)
+			}
+			break
+		}
+		if time.Now().After(deadline) || len(others) > 20 {
+			t.Fatalf("session %d never came back to the pool (%d conns tried)", before.id, len(others))
+		}
+		// Keep c: the next Conn must come from Connect, which takes spares.
+		time.Sleep(20 * time.Millisecond)
+	}
+	ntOK(t, "GET_LOCK from another client", raw.QueryRowContext(ctx, "SELECT GET_LOCK(?, 0)", lock).Scan(&got))
+	if got != 1 {
+		t.Errorf("another client's GET_LOCK answered %d after phase two, want 1", got)
+	}
+	raw.ExecContext(ctx, "SELECT RELEASE_LOCK(?)", lock)
+}
+
+// TestMySQLResetKeepsDSNSettings: what the driver sets by statement at
+// connect (charset=, system variables in the DSN) is set again after the
+// reset of a session back from a held branch.
+func TestMySQLResetKeepsDSNSettings(t *testing.T) {
+	s := ntServer(t, "mysql")
+	raw := open(t, s, s.raw)
+	ctx := ntCtx(t)
+	_, dsn := newSessProxy(t, s, "charset=latin1&lock_wait_timeout=7")
+	db, err := sql.Open(s.wrapped, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	db.SetMaxIdleConns(0) // every Conn below is a new one, from Connect
+	// One conn kept open: with none, the pool keeps nothing and neither do
+	// the spares.
+	keep, err := db.Conn(ctx)
+	ntOK(t, "Conn", err)
+	defer keep.Close()
+	tbl := table(t, s, raw, "id INT PRIMARY KEY")
+	prefix := names(t, s)
+	held := map[int64]bool{}
+	for i := range 2 {
+		name := prefix + strconv.Itoa(i)
+		ntOK(t, "BeginDistributed", dtx.BeginDistributed(ctx, db, name, func(tx *sql.Tx) error {
+			var id int64
+			if err := tx.QueryRowContext(ctx, "SELECT CONNECTION_ID()").Scan(&id); err != nil {
+				return err
+			}
+			held[id] = true
+			_, err := tx.ExecContext(ctx, ntInsert(tbl, i))
+			return err
+		}))
+		ntOK(t, "CommitDistributed", dtx.CommitDistributed(ctx, name))
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		c, err := db.Conn(ctx)
+		ntOK(t, "Conn", err)
+		var id int64
+		var timeout int
+		var cs string
+		ntOK(t, "read", c.QueryRowContext(ctx, "SELECT CONNECTION_ID(), @@SESSION.lock_wait_timeout, @@character_set_client").Scan(&id, &timeout, &cs))
+		c.Close()
+		if timeout != 7 || cs != "latin1" {
+			t.Fatalf("session %d: lock_wait_timeout %d, character_set_client %s; the DSN says 7 and latin1", id, timeout, cs)
+		}
+		if held[id] {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("none of the sessions %v came back", held)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestMySQLSessionsClosedWithDB: DB.Close closes every session dtx keeps,
+// spares, sessions being reset and held ones (whose branches stay
+// prepared), and leaves no reset running.
+func TestMySQLSessionsClosedWithDB(t *testing.T) {
+	s := ntServer(t, "mysql")
+	raw := open(t, s, s.raw)
+	ctx := ntCtx(t)
+	p, dsn := newSessProxy(t, s, "")
+	db, err := sql.Open(s.wrapped, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tbl := table(t, s, raw, "id BIGINT PRIMARY KEY")
+	prefix := names(t, s)
+	goroutines := runtime.NumGoroutine()
+	sessLoad(t, 4, 500*time.Millisecond, func(n int64) error {
+		name := prefix + strconv.FormatInt(n, 10)
+		if err := dtx.BeginDistributed(ctx, db, name, ntInsertFn(ctx, tbl, int(n))); err != nil {
+			return err
+		}
+		return dtx.CommitDistributed(ctx, name)
+	})
+	// One branch left prepared: its held session must close with the DB.
+	ntOK(t, "BeginDistributed", dtx.BeginDistributed(ctx, db, prefix+"left", ntInsertFn(ctx, tbl, -1)))
+	if p.open.Load() == 0 {
+		t.Fatal("no session open before Close")
+	}
+	ntOK(t, "Close", db.Close())
+	ntEventually(t, 5*time.Second, "sessions still open after DB.Close", func() bool { return p.open.Load() == 0 })
+	ntEventually(t, 5*time.Second, "goroutines left after DB.Close", func() bool {
+		return runtime.NumGoroutine() <= goroutines+2 // the proxy's accept loop may lag
+	})
+	ntMustList(t, open(t, s, s.wrapped), prefix+"left", true)
+	ntOK(t, "RollbackDistributed", dtx.RollbackDistributed(ctx, prefix+"left"))
+}
