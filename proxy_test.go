@@ -21,7 +21,9 @@ type tcpProxy struct {
 	pattern []byte // armed pattern, or nil
 	conns   map[net.Conn]struct{}
 
-	accepted atomic.Int64
+	accepted atomic.Int64 // connections made
+	open     atomic.Int64 // connections open now
+	maxOpen  atomic.Int64 // the most open at once
 	cuts     atomic.Int64
 	wg       sync.WaitGroup
 }
@@ -78,13 +80,22 @@ func (p *tcpProxy) serve() {
 			continue
 		}
 		p.accepted.Add(1)
+		n := p.open.Add(1)
+		for m := p.maxOpen.Load(); n > m && !p.maxOpen.CompareAndSwap(m, n); m = p.maxOpen.Load() {
+		}
 		p.mu.Lock()
 		p.conns[c], p.conns[s] = struct{}{}, struct{}{}
 		p.mu.Unlock()
 		var cut atomic.Bool
-		p.wg.Add(2)
-		go p.pipe(c, s, func(b []byte) { p.match(b, &cut) }, nil)
-		go p.pipe(s, c, nil, &cut)
+		p.wg.Add(1)
+		go func() {
+			defer p.wg.Done()
+			var pair sync.WaitGroup
+			pair.Go(func() { p.pipe(c, s, func(b []byte) { p.match(b, &cut) }, nil) })
+			pair.Go(func() { p.pipe(s, c, nil, &cut) })
+			pair.Wait()
+			p.open.Add(-1)
+		}()
 	}
 }
 
@@ -101,7 +112,6 @@ func (p *tcpProxy) match(b []byte, cut *atomic.Bool) {
 // pipe copies from src to dst; seen looks at each chunk before it is sent;
 // when cut is set, the next chunk is dropped and both connections closed.
 func (p *tcpProxy) pipe(src, dst net.Conn, seen func([]byte), cut *atomic.Bool) {
-	defer p.wg.Done()
 	defer func() {
 		src.Close()
 		dst.Close()

@@ -10,10 +10,9 @@ package dtx_test
 import (
 	"database/sql"
 	"fmt"
-	"io"
-	"net"
 	"runtime"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -23,108 +22,27 @@ import (
 	"github.com/go-sql-driver/mysql"
 )
 
-// sessProxy forwards TCP connections to a server and counts them: every
-// connection accepted, those open now, and the most open at once.
-type sessProxy struct {
-	ln       net.Listener
-	target   string
-	network  string
-	accepted atomic.Int64
-	open     atomic.Int64
-	maxOpen  atomic.Int64
-
-	mu    sync.Mutex
-	conns map[net.Conn]struct{}
-	wg    sync.WaitGroup
-}
-
-// newSessProxy starts a proxy to the MariaDB of s and returns it with a DSN
-// that goes through it; it stops when t ends.
-func newSessProxy(t testing.TB, s server, params string) (*sessProxy, string) {
+// newSessProxy starts a proxy (tcpProxy, which counts the sessions made and
+// open) to the MariaDB of s and returns it with a DSN that goes through it,
+// with params added; it stops when t ends.
+func newSessProxy(t testing.TB, s server, params string) (*tcpProxy, string) {
 	t.Helper()
 	need(t, s)
 	cfg, err := mysql.ParseDSN(s.dsn)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &sessProxy{ln: ln, target: cfg.Addr, network: cfg.Net, conns: map[net.Conn]struct{}{}}
-	p.wg.Add(1)
-	go p.serve()
-	t.Cleanup(p.stop)
-	cfg.Net, cfg.Addr = "tcp", ln.Addr().String()
+	p := newProxy(t, cfg.Addr)
+	cfg.Net, cfg.Addr = "tcp", p.Addr()
 	dsn := cfg.FormatDSN()
 	if params != "" {
 		sep := "?"
-		for _, r := range dsn {
-			if r == '?' {
-				sep = "&"
-			}
+		if strings.Contains(dsn, "?") {
+			sep = "&"
 		}
 		dsn += sep + params
 	}
 	return p, dsn
-}
-
-func (p *sessProxy) serve() {
-	defer p.wg.Done()
-	for {
-		c, err := p.ln.Accept()
-		if err != nil {
-			return
-		}
-		p.accepted.Add(1)
-		n := p.open.Add(1)
-		for {
-			m := p.maxOpen.Load()
-			if n <= m || p.maxOpen.CompareAndSwap(m, n) {
-				break
-			}
-		}
-		p.wg.Add(1)
-		go p.pipe(c)
-	}
-}
-
-func (p *sessProxy) pipe(c net.Conn) {
-	defer p.wg.Done()
-	defer p.open.Add(-1)
-	u, err := net.Dial(p.network, p.target)
-	if err != nil {
-		c.Close()
-		return
-	}
-	p.mu.Lock()
-	p.conns[c], p.conns[u] = struct{}{}, struct{}{}
-	p.mu.Unlock()
-	done := make(chan struct{}, 2)
-	cp := func(dst, src net.Conn) {
-		io.Copy(dst, src)
-		dst.Close()
-		src.Close()
-		done <- struct{}{}
-	}
-	go cp(u, c)
-	go cp(c, u)
-	<-done
-	<-done
-	p.mu.Lock()
-	delete(p.conns, c)
-	delete(p.conns, u)
-	p.mu.Unlock()
-}
-
-func (p *sessProxy) stop() {
-	p.ln.Close()
-	p.mu.Lock()
-	for c := range p.conns {
-		c.Close()
-	}
-	p.mu.Unlock()
-	p.wg.Wait()
 }
 
 // globalSessions reads the server-wide counters, only to be logged: other
