@@ -8,6 +8,8 @@ package dtx_test
 //
 //	coord         c.Do with one INSERT per branch, FileLog (fsync on)
 //	coord-sqllog  the same with an SQLLog table in the PostgreSQL database (branches=2)
+//	coord-in      the same with Log nil: the decision committed inside the
+//	              first PostgreSQL branch (the default store)
 //	seq           the branches begun by name, prepared one after another, then
 //	              committed one after another, no log (SQLAlchemy, gosql2pc)
 //	single-pg     dtx.BeginDistributed(one INSERT) + dtx.CommitDistributed on
@@ -73,7 +75,7 @@ func BenchmarkGlobal(b *testing.B) {
 				b.Run("branches="+strconv.Itoa(nb), func(b *testing.B) {
 					for _, conc := range []int{1, globalMaxConc} {
 						b.Run("conc="+strconv.Itoa(conc), func(b *testing.B) {
-							impls := []string{"coord"}
+							impls := []string{"coord", "coord-in"}
 							if nb == 2 {
 								impls = append(impls, "coord-sqllog")
 							}
@@ -219,10 +221,15 @@ func benchGlobalImpl(b *testing.B, res []*globalRes, nb, conc int, impl string) 
 	}
 
 	switch {
-	case impl == "coord" || impl == "coord-sqllog":
+	case strings.HasPrefix(impl, "coord"):
 		bs := branches(nb)
 		var log dtx.Log
-		if impl == "coord" {
+		var table string
+		switch impl {
+		case "coord-in":
+			table = "dtx_bench_log_" + token()
+			b.Cleanup(func() { drop(b, res[0].s, table) })
+		case "coord":
 			dir := b.TempDir()
 			if d := os.Getenv("DTX_BENCH_LOGDIR"); d != "" { // /tmp on tmpfs would make fsyncs free
 				var err error
@@ -237,7 +244,7 @@ func benchGlobalImpl(b *testing.B, res []*globalRes, nb, conc int, impl string) 
 			}
 			b.Cleanup(func() { fl.Close() })
 			log, syncs = fl, fl.Syncs
-		} else {
+		default:
 			pg := res[0]
 			tbl := "dtx_bench_log_" + token()
 			sl, err := dtx.OpenSQLLog(ctx, pg.db, tbl)
@@ -252,7 +259,7 @@ func benchGlobalImpl(b *testing.B, res []*globalRes, nb, conc int, impl string) 
 			resources[r.name] = r.db
 		}
 		node := "b" + token()
-		c, err := dtx.NewCoordinator(dtx.CoordinatorOptions{Log: log, Resources: resources, Node: node, RecoverInterval: -1})
+		c, err := dtx.NewCoordinator(dtx.CoordinatorOptions{Log: log, Resources: resources, Node: node, RecoverInterval: -1, DecisionTable: table})
 		if err != nil {
 			b.Fatal(err)
 		}

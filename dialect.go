@@ -118,6 +118,31 @@ func prepareDriver(ctx context.Context, dc driver.Conn, query string) (driver.St
 	return dc.Prepare(query) //nolint:staticcheck // only for a Conn without PrepareContext
 }
 
+// finishKey is the context key of a connection lent for phase two.
+type finishKey struct{}
+
+type lentConn struct {
+	db *sql.DB
+	cn *sql.Conn
+}
+
+// finishOn returns a context under which phase two on db runs on cn, a
+// connection of db the caller holds (the coordinator's branch connection),
+// instead of one taken from the pool. Taking one would make a pool at
+// database/sql's defaults (2 idle connections) close and dial connections
+// under load: the branch's own is idle while its global commits.
+func finishOn(ctx context.Context, db *sql.DB, cn *sql.Conn) context.Context {
+	return context.WithValue(ctx, finishKey{}, lentConn{db, cn})
+}
+
+// finishConn returns the connection of db lent by ctx, or nil.
+func finishConn(ctx context.Context, db *sql.DB) *sql.Conn {
+	if l, ok := ctx.Value(finishKey{}).(lentConn); ok && l.db == db {
+		return l.cn
+	}
+	return nil
+}
+
 // cleanupCtx is for statements that must run even when the caller's context
 // has ended (ROLLBACK, XA ROLLBACK): on a cancelled context lib/pq would
 // cancel them at once.

@@ -26,6 +26,8 @@ type branch struct {
 	n        int // its number in the global, in Begin order
 	resource string
 	name     string
+	db       *sql.DB
+	conn     *sql.Conn // held from Begin until the global is finished
 	tx       *sql.Tx
 	readOnly bool // begun read-only: votes read-only, no phase two
 	// prepared: the branch is, or may be, prepared on its server, so only
@@ -50,20 +52,56 @@ func (g *Global) Begin(ctx context.Context, resource string, opts *sql.TxOptions
 	n := len(g.branches)
 	g.branches = append(g.branches, nil)
 	g.mu.Unlock()
-	b := &branch{n: n, resource: resource, name: g.c.branchName(g.id, n), readOnly: opts != nil && opts.ReadOnly}
-	tx, err := db.BeginTx(withNameDB(ctx, b.name, db), opts)
+	b := &branch{n: n, resource: resource, name: g.c.branchName(g.id, n), db: db, readOnly: opts != nil && opts.ReadOnly}
+	// The branch keeps its connection until the global is finished, as
+	// hand-written two-phase commit does: released at the prepare, it
+	// would sit idle while the global commits, and a pool at database/sql's
+	// defaults (2 idle) closes such connections and dials new ones.
+	cn, err := db.Conn(ctx)
+	var tx *sql.Tx
+	if err == nil {
+		tx, err = cn.BeginTx(withNameDB(ctx, b.name, db), opts)
+		if err != nil {
+			cn.Close()
+		}
+	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	g.branches[n] = b
 	if err != nil {
 		return nil, err
 	}
-	b.tx = tx
+	b.conn, b.tx = cn, tx
 	return tx, nil
 }
 
 // ID is the global's id (a UUIDv7 in hex).
 func (g *Global) ID() string { return g.id }
+
+// release gives every branch's connection back to its pool, once the global
+// is finished (or left to recovery).
+func (g *Global) release() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for _, b := range g.branches {
+		if b != nil && b.conn != nil {
+			b.conn.Close()
+			b.conn = nil
+		}
+	}
+}
+
+// lent is ctx lending branch name's connection to its phase two.
+func (g *Global) lent(ctx context.Context, name string) context.Context {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for _, b := range g.branches {
+		if b != nil && b.name == name && b.conn != nil {
+			return finishOn(ctx, b.db, b.conn)
+		}
+	}
+	return ctx
+}
 
 // run calls fn, rolling back every branch when it fails or panics.
 func (g *Global) run(ctx context.Context, fn func(context.Context, *Global) error) (err error) {
@@ -71,6 +109,7 @@ func (g *Global) run(ctx context.Context, fn func(context.Context, *Global) erro
 	defer func() {
 		if !ok {
 			g.rollback(g.live())
+			g.release()
 		}
 	}()
 	err = fn(ctx, g)
@@ -105,6 +144,12 @@ func (g *Global) live() []*branch {
 // commit is everything after fn succeeded: the vote, the decision and
 // phase two. ctx is the caller's, tctx the one bounded by the timeout.
 func (g *Global) commit(ctx, tctx context.Context) error {
+	async := false
+	defer func() {
+		if !async {
+			g.release()
+		}
+	}()
 	bs := g.live()
 	var ro, rw []*branch
 	for _, b := range bs {
@@ -139,18 +184,20 @@ func (g *Global) commit(ctx, tctx context.Context) error {
 	// caller's ctx does: the outcome is commit already.
 	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), g.c.timeout)
 	if g.c.async {
+		async = true
 		g.c.phase2.Add(1)
 		go func() {
 			defer g.c.phase2.Done()
+			defer g.release()
 			defer cancel()
-			if err := g.c.commitBranches(pctx, d, refs); err != nil {
+			if err := g.c.commitBranches(pctx, d, refs, g); err != nil {
 				g.c.logger.Warn("dtx: asynchronous phase two incomplete", "global", g.id, "err", err)
 			}
 		}()
 		return nil
 	}
 	defer cancel()
-	return g.c.commitBranches(pctx, d, refs)
+	return g.c.commitBranches(pctx, d, refs, g)
 }
 
 // split picks the branch whose one-phase commit is the decision: the first
@@ -307,10 +354,11 @@ func (g *Global) rollback(bs []*branch) {
 
 // commitBranches is phase two of a decided global: commit every branch in
 // refs in parallel, retrying while ctx allows, and queue the decision to be
-// forgotten once all are.
-func (c *Coordinator) commitBranches(ctx context.Context, d Decision, refs []BranchRef) error {
+// forgotten once all are. The first attempt for each branch runs on the
+// branch's own connection (g lends it).
+func (c *Coordinator) commitBranches(ctx context.Context, d Decision, refs []BranchRef, g *Global) error {
 	outs := parallel(refs, func(_ int, b BranchRef) branchOutcome {
-		out := c.commitBranch(ctx, b)
+		out := c.commitBranch(ctx, b, g.lent(ctx, b.Name))
 		if out.err == nil {
 			hook("committed:" + b.Name[strings.LastIndexByte(b.Name, '.')+1:])
 		}
@@ -361,11 +409,15 @@ type branchOutcome struct {
 // finished by hand, which is a heuristic outcome. A
 // MariaDB branch that answers XA_RBROLLBACK was read-only or empty: the
 // server had nothing to commit, which is a commit.
-func (c *Coordinator) commitBranch(ctx context.Context, b BranchRef) branchOutcome {
+func (c *Coordinator) commitBranch(ctx context.Context, b BranchRef, first context.Context) branchOutcome {
 	unsure := false
 	wait := 10 * time.Millisecond
-	for {
-		err := CommitDistributed(ctx, b.Name)
+	for try := 0; ; try++ {
+		actx := ctx
+		if try == 0 {
+			actx = first // a retry never reuses a connection that may be broken
+		}
+		err := CommitDistributed(actx, b.Name)
 		switch {
 		case err == nil:
 			return branchOutcome{}

@@ -167,12 +167,16 @@ func (postgresDialect) finish(ctx context.Context, db *sql.DB, name string, comm
 	// On a *sql.Conn, not the pool: the pool re-sends a statement whose
 	// reply was lost when the driver answers ErrBadConn, and a COMMIT
 	// PREPARED that did commit then comes back as "does not exist".
-	cn, err := db.Conn(ctx)
-	if err != nil {
-		return err
+	// The coordinator lends the branch's own connection (see finishOn).
+	cn := finishConn(ctx, db)
+	if cn == nil {
+		var err error
+		if cn, err = db.Conn(ctx); err != nil {
+			return err
+		}
+		defer cn.Close()
 	}
-	defer cn.Close()
-	_, err = cn.ExecContext(ctx, pgLiteral(verb, name))
+	_, err := cn.ExecContext(ctx, pgLiteral(verb, name))
 	if err == nil {
 		return nil
 	}
