@@ -45,8 +45,8 @@ type mocked struct {
 }
 
 // newMock returns a dtx database of dialect d over a fresh sqlmock whose
-// queries must match exactly.
-func newMock(t *testing.T, d dtx.Dialect) mocked {
+// queries must match exactly, made with opts.
+func newMock(t *testing.T, d dtx.Dialect, opts ...dtx.Option) mocked {
 	t.Helper()
 	dsn := "dtx_sqlmock_" + token()
 	mdb, mock, err := sqlmock.NewWithDSN(dsn, sqlmock.QueryMatcherOption(sqlmock.QueryMatcherEqual))
@@ -54,7 +54,7 @@ func newMock(t *testing.T, d dtx.Dialect) mocked {
 		t.Fatal(err)
 	}
 	n := new(atomic.Int32)
-	db := sql.OpenDB(dtx.NewConnector(mockConnector{drv: mdb.Driver(), dsn: dsn, connects: n}, d))
+	db := sql.OpenDB(dtx.NewConnector(mockConnector{drv: mdb.Driver(), dsn: dsn, connects: n}, d, opts...))
 	t.Cleanup(func() {
 		db.Close()  // closing the mock session is not an expectation
 		mdb.Close() // keeps the DSN open until the dtx pool is closed
