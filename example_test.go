@@ -34,7 +34,7 @@ func Example() {
 	if dsn == "" {
 		dsn = "postgres://postgres@127.0.0.1:5432/test?sslmode=disable"
 	}
-	run := strings.ToLower(rand.Text()[:8]) // keeps runs sharing a server apart
+	run := strings.ToLower(rand.Text()[:8])  // keeps runs sharing a server apart
 	db, err := sql.Open("dtx+postgres", dsn) // was: sql.Open("postgres", dsn)
 	if err != nil {
 		log.Fatal(err)
