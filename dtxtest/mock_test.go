@@ -359,3 +359,6 @@ func TestParallel(t *testing.T) {
 		})
 	}
 }
+
+// TestExampleNew runs the example's test.
+func TestExampleNew(t *testing.T) { testActivate(t) }
