@@ -27,6 +27,31 @@ func (m mocked) pgListed(names ...string) {
 	m.mock.ExpectQuery(pgList).WillReturnRows(rows)
 }
 
+// xaRecovered expects one XA RECOVER that shows names.
+func (m mocked) xaRecovered(names ...string) {
+	rows := sqlmock.NewRows([]string{"formatID", "gtrid_length", "bqual_length", "data"})
+	for _, n := range names {
+		rows.AddRow(1, len(n), 0, []byte(n))
+	}
+	m.mock.ExpectQuery("XA RECOVER").WillReturnRows(rows)
+}
+
+// committed expects, then runs, name begun, prepared and committed on m
+// (PostgreSQL).
+func (m mocked) committed(t *testing.T, name string) {
+	t.Helper()
+	m.exec("BEGIN")
+	m.pgPrepared(name, false)
+	m.exec("COMMIT PREPARED '" + name + "'")
+	ctx := context.Background()
+	if err := dtx.BeginDistributed(ctx, m.db, name, func(*sql.Tx) error { return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if err := dtx.CommitDistributed(ctx, name); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // untouched fails t if m's database was ever connected to.
 func (m mocked) untouched(t *testing.T) {
 	t.Helper()
@@ -93,18 +118,10 @@ func TestForgetFinishedName(t *testing.T) {
 	m := newMock(t, dtx.Postgres)
 	other := newMock(t, dtx.Postgres)
 	name := mockName("pg")
-	m.exec("BEGIN")
-	m.pgPrepared(name, false)
-	m.exec("COMMIT PREPARED '" + name + "'")
+	m.committed(t, name)
 	m.pgListed()
 
 	ctx := context.Background()
-	if err := dtx.BeginDistributed(ctx, m.db, name, func(*sql.Tx) error { return nil }); err != nil {
-		t.Fatal(err)
-	}
-	if err := dtx.CommitDistributed(ctx, name); err != nil {
-		t.Fatal(err)
-	}
 	if err := dtx.Forget(name); err != nil {
 		t.Fatal(err)
 	}
@@ -123,10 +140,8 @@ func TestForgetHeldBranch(t *testing.T) {
 	m.exec("XA END " + x)
 	m.exec("XA PREPARE " + x)
 	m.mock.ExpectClose()
-	for range 2 { // the search, then phase two's own look
-		m.mock.ExpectQuery("XA RECOVER").WillReturnRows(sqlmock.NewRows([]string{"formatID", "gtrid_length", "bqual_length", "data"}).
-			AddRow(1, len(name), 0, []byte(name)))
-	}
+	m.xaRecovered(name) // the search
+	m.xaRecovered(name) // phase two's own look
 	m.exec("XA COMMIT " + x)
 
 	ctx := context.Background()
@@ -187,10 +202,8 @@ func TestSearchListingError(t *testing.T) {
 	name := mockName("my")
 	down := errors.New("dial tcp: connection refused")
 	broken.mock.ExpectQuery(pgList).WillReturnError(down)
-	ok.mock.ExpectQuery("XA RECOVER").WillReturnRows(sqlmock.NewRows([]string{"formatID", "gtrid_length", "bqual_length", "data"}).
-		AddRow(1, len(name), 0, []byte(name)))
-	ok.mock.ExpectQuery("XA RECOVER").WillReturnRows(sqlmock.NewRows([]string{"formatID", "gtrid_length", "bqual_length", "data"}).
-		AddRow(1, len(name), 0, []byte(name)))
+	ok.xaRecovered(name)
+	ok.xaRecovered(name)
 	ok.exec("XA COMMIT " + myXid(name))
 
 	ctx := dtx.WithDatabases(context.Background(), broken.db, ok.db)
@@ -200,7 +213,7 @@ func TestSearchListingError(t *testing.T) {
 
 	other := mockName("my")
 	broken.mock.ExpectQuery(pgList).WillReturnError(down)
-	ok.mock.ExpectQuery("XA RECOVER").WillReturnRows(sqlmock.NewRows([]string{"formatID", "gtrid_length", "bqual_length", "data"}))
+	ok.xaRecovered()
 	err := dtx.CommitDistributed(ctx, other)
 	if err == nil || errors.Is(err, dtx.ErrUnknownName) || !errors.Is(err, down) {
 		t.Fatalf("err = %v, want the listing error and not ErrUnknownName", err)
@@ -219,19 +232,11 @@ func TestSearchListingError(t *testing.T) {
 func TestRetryListsOnlyWhereFinished(t *testing.T) {
 	m, bystander := newMock(t, dtx.Postgres), newMock(t, dtx.Postgres)
 	name := mockName("pg")
-	m.exec("BEGIN")
-	m.pgPrepared(name, false)
-	m.exec("COMMIT PREPARED '" + name + "'")
+	m.committed(t, name)
 	m.pgListed()
 
-	ctx := context.Background()
-	if err := dtx.BeginDistributed(ctx, m.db, name, func(*sql.Tx) error { return nil }); err != nil {
+	if err := dtx.CommitDistributed(context.Background(), name); err != nil { // a retry
 		t.Fatal(err)
-	}
-	for range 2 {
-		if err := dtx.CommitDistributed(ctx, name); err != nil {
-			t.Fatal(err)
-		}
 	}
 	m.met(t)
 	bystander.untouched(t)
@@ -266,23 +271,11 @@ func TestBeginDistributedCancelledInside(t *testing.T) {
 		t.Run(dl.name, func(t *testing.T) {
 			m := newMock(t, dl.d)
 			name := mockName(dl.name)
-			if dl.d == dtx.Postgres {
-				m.exec("BEGIN")
-				m.exec("ROLLBACK")
-			} else {
-				x := myXid(name)
-				m.exec("XA START " + x)
-				m.exec("XA END " + x)
-				m.exec("XA ROLLBACK " + x)
-			}
-			m.mock.ExpectClose()
+			m.cancelled(dl.d, name)
 			ctx, cancel := context.WithCancel(context.Background())
 			err := dtx.BeginDistributed(ctx, m.db, name, func(*sql.Tx) error {
 				cancel()
-				deadline := time.Now().Add(5 * time.Second)
-				for m.mock.ExpectationsWereMet() != nil && time.Now().Before(deadline) {
-					time.Sleep(time.Millisecond)
-				}
+				m.awaitMet()
 				return nil
 			})
 			wantIs(t, err, dtx.ErrNotPrepared, "dtx:", name)

@@ -652,6 +652,30 @@ func TestSqlmockMySQLErrors(t *testing.T) {
 	})
 }
 
+// cancelled expects a named transaction of dialect d begun and rolled back
+// because its context ended: database/sql then discards the session.
+func (m mocked) cancelled(d dtx.Dialect, name string) {
+	if d == dtx.Postgres {
+		m.exec("BEGIN")
+		m.exec("ROLLBACK")
+	} else {
+		x := myXid(name)
+		m.exec("XA START " + x)
+		m.exec("XA END " + x)
+		m.exec("XA ROLLBACK " + x)
+	}
+	m.mock.ExpectClose()
+}
+
+// awaitMet waits until every expectation is met or 5 s have passed:
+// database/sql rolls back a cancelled transaction in a goroutine of its own.
+func (m mocked) awaitMet() {
+	deadline := time.Now().Add(5 * time.Second)
+	for m.mock.ExpectationsWereMet() != nil && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+}
+
 // When the transaction's context ends, database/sql rolls back and discards
 // the connection; dtx's rollback still reaches the server.
 func TestSqlmockCancelledContext(t *testing.T) {
@@ -659,16 +683,7 @@ func TestSqlmockCancelledContext(t *testing.T) {
 		t.Run(dl.name, func(t *testing.T) {
 			m := newMock(t, dl.d)
 			name := mockName(dl.name)
-			if dl.d == dtx.Postgres {
-				m.exec("BEGIN")
-				m.exec("ROLLBACK")
-			} else {
-				x := myXid(name)
-				m.exec("XA START " + x)
-				m.exec("XA END " + x)
-				m.exec("XA ROLLBACK " + x)
-			}
-			m.mock.ExpectClose()
+			m.cancelled(dl.d, name)
 
 			ctx, cancel := context.WithCancel(dtx.WithName(context.Background(), name))
 			tx, err := m.db.BeginTx(ctx, nil)
@@ -676,11 +691,7 @@ func TestSqlmockCancelledContext(t *testing.T) {
 				t.Fatal(err)
 			}
 			cancel()
-			// database/sql rolls back in a goroutine of its own.
-			deadline := time.Now().Add(5 * time.Second)
-			for m.mock.ExpectationsWereMet() != nil && time.Now().Before(deadline) {
-				time.Sleep(time.Millisecond)
-			}
+			m.awaitMet()
 			if err := tx.Commit(); err == nil {
 				t.Fatal("Commit after cancel succeeded")
 			}

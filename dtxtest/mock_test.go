@@ -42,25 +42,7 @@ func TestVerbs(t *testing.T) {
 	for _, dl := range dialects {
 		t.Run(dl.name, func(t *testing.T) {
 			t.Parallel()
-			t.Run("commit", func(t *testing.T) {
-				t.Parallel()
-				m := dtxtest.New(t, dl.d)
-				n := name(t, "commit")
-				m.ExpectBegin(n)
-				expectInsert(m)
-				m.ExpectPrepare(n)
-				m.ExpectCommitPrepared(n)
-				m.ExpectListPrepared() // the retry looks for the name prepared again
-				ctx := m.Context()
-				if err := dtx.BeginDistributed(ctx, m.DB, n, insert); err != nil {
-					t.Fatal(err)
-				}
-				for range 2 {
-					if err := dtx.CommitDistributed(ctx, n); err != nil {
-						t.Fatal(err)
-					}
-				}
-			})
+			t.Run("commit", func(t *testing.T) { commitTwice(t, dl.d) })
 			t.Run("rollback prepared", func(t *testing.T) {
 				t.Parallel()
 				m := dtxtest.New(t, dl.d)
@@ -337,26 +319,29 @@ func TestMockOutsideOtherSearches(t *testing.T) {
 func TestParallel(t *testing.T) {
 	t.Parallel()
 	for i := range 20 {
-		dl := dialects[i%2]
-		t.Run(fmt.Sprint(i), func(t *testing.T) {
-			t.Parallel()
-			m := dtxtest.New(t, dl.d)
-			n := name(t, "par")
-			m.ExpectBegin(n)
-			expectInsert(m)
-			m.ExpectPrepare(n)
-			m.ExpectCommitPrepared(n)
-			m.ExpectListPrepared()
-			ctx := m.Context()
-			if err := dtx.BeginDistributed(ctx, m.DB, n, insert); err != nil {
-				t.Fatal(err)
-			}
-			for range 2 {
-				if err := dtx.CommitDistributed(ctx, n); err != nil {
-					t.Fatal(err)
-				}
-			}
-		})
+		t.Run(fmt.Sprint(i), func(t *testing.T) { commitTwice(t, dialects[i%2].d) })
+	}
+}
+
+// commitTwice runs a named transaction through prepare and commit, and
+// commits it again as a retry would.
+func commitTwice(t *testing.T, d dtx.Dialect) {
+	t.Parallel()
+	m := dtxtest.New(t, d)
+	n := name(t, "commit")
+	m.ExpectBegin(n)
+	expectInsert(m)
+	m.ExpectPrepare(n)
+	m.ExpectCommitPrepared(n)
+	m.ExpectListPrepared() // the retry looks for the name prepared again
+	ctx := m.Context()
+	if err := dtx.BeginDistributed(ctx, m.DB, n, insert); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		if err := dtx.CommitDistributed(ctx, n); err != nil {
+			t.Fatal(err)
+		}
 	}
 }
 
