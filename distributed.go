@@ -72,8 +72,10 @@ func fromDTX(err error) bool { return strings.HasPrefix(err.Error(), "dtx:") }
 // CommitDistributed commits the prepared transaction name, wherever this
 // process prepared it; after a restart, or for a name another process
 // prepared, in whichever database opened through dtx in this process has it
-// prepared (ErrUnknownName if none). Committing a name this process already
-// committed returns nil, so a retry is safe.
+// prepared (ErrUnknownName if none), or only among the databases a context
+// from WithDatabases names. Committing a name this process already committed
+// returns nil, so a retry is safe. A ctx that has already ended is an error
+// before anything is sent.
 func CommitDistributed(ctx context.Context, name string) error {
 	return reg.finish(ctx, name, true)
 }
