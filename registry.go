@@ -158,12 +158,13 @@ func (r *registry) getState(e *entry) state {
 }
 
 // prepared records that e's transaction is prepared; held is the session it
-// is bound to (MySQL), or nil.
+// is bound to (MySQL), or nil. The session is held first, so that Forget,
+// which takes only prepared names, never misses it.
 func (r *registry) prepared(e *entry, held driver.Conn) {
-	r.setState(e, stPrepared)
 	if held != nil {
 		e.c.hold(e, held)
 	}
+	r.setState(e, stPrepared)
 }
 
 func (r *registry) uncertain(e *entry) {

@@ -3,17 +3,19 @@
 // statements dtx sends for each verb and dialect, and a registry kept to
 // the test.
 //
-//	func TestSignup(t *testing.T) {
+//	func TestRegister(t *testing.T) {
 //		t.Parallel()
-//		m := dtxtest.New(t, dtx.Postgres)
-//		m.ExpectBegin("signup_ann")
-//		m.Mock.ExpectExec("INSERT INTO signups").WillReturnResult(sqlmock.NewResult(0, 1))
-//		m.ExpectPrepare("signup_ann")
-//		m.ExpectCommitPrepared("signup_ann")
-//		if err := signup.Register(m.Context(), m.DB, "ann"); err != nil {
+//		m := dtxtest.New(t, dtx.Postgres) // or dtx.MySQL
+//		m.ExpectBegin("signup_ann@example.com")
+//		m.Mock.ExpectExec("INSERT INTO accounts").WithArgs("ann@example.com").WillReturnResult(sqlmock.NewResult(0, 1))
+//		m.ExpectPrepare("signup_ann@example.com")
+//		m.ExpectCommitPrepared("signup_ann@example.com")
+//		if err := signup.Register(m.Context(), m.DB, "ann@example.com", charged); err != nil {
 //			t.Fatal(err)
 //		}
 //	}
+//
+// (examples/signup in the dtx repository holds that package and its tests.)
 //
 // # What the mock sees
 //
