@@ -94,6 +94,28 @@ func TestForgetInDoubtName(t *testing.T) {
 	m.met(t)
 }
 
+// ErrNameInUse says whether the name is active or prepared (in doubt: see
+// TestForgetInDoubtName).
+func TestNameInUseSaysWhich(t *testing.T) {
+	m := newMock(t, dtx.Postgres)
+	name := mockName("pg")
+	m.exec("BEGIN")
+	m.pgPrepared(name, false)
+	m.exec("ROLLBACK PREPARED '" + name + "'")
+
+	ctx := context.Background()
+	tx := beginNamed(t, m.db, name, nil)
+	wantIs(t, dtx.BeginDistributed(ctx, m.db, name, func(*sql.Tx) error { return nil }), dtx.ErrNameInUse, "is active")
+	if err := tx.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	wantIs(t, dtx.BeginDistributed(ctx, m.db, name, func(*sql.Tx) error { return nil }), dtx.ErrNameInUse, "is prepared", "finish it first")
+	if err := dtx.RollbackDistributed(ctx, name); err != nil {
+		t.Fatal(err)
+	}
+	m.met(t)
+}
+
 func TestForgetRefusals(t *testing.T) {
 	m := newMock(t, dtx.Postgres)
 	name := mockName("pg")

@@ -18,8 +18,10 @@ func TestSqlxBindDriver(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer db.Close()
-	if got := db.Rebind("?"); got != "?" {
-		t.Fatalf("before BindDriver, Rebind(?) = %q; sqlx now knows dtx+postgres, update the README", got)
+	if sqlx.BindType(s.driver) == sqlx.UNKNOWN { // not yet bound by an earlier run (-count)
+		if got := db.Rebind("?"); got != "?" {
+			t.Fatalf("before BindDriver, Rebind(?) = %q; sqlx now knows dtx+postgres, update the README", got)
+		}
 	}
 	sqlx.BindDriver(s.driver, sqlx.DOLLAR)
 	db, err = sqlx.Open(s.driver, s.dsn)
