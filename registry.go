@@ -284,10 +284,10 @@ func placeOfDB(db *sql.DB) (place, error) {
 }
 
 // placesOf is where a finished e can be prepared again: where it was, when
-// known, else every searched database.
+// known and still open, else every searched database.
 func (r *registry) placesOf(e *entry) []place {
 	switch {
-	case e.c != nil:
+	case e.c != nil && !e.c.isClosed():
 		return []place{placeOfConnector(e.c)}
 	case e.at.db != nil:
 		return []place{e.at}

@@ -264,6 +264,20 @@ func TestRetryListsOnlyWhereFinished(t *testing.T) {
 	bystander.untouched(t)
 }
 
+// Once the database where a name finished is closed, a retry is answered
+// from memory after the search of the databases still open.
+func TestRetryAfterClose(t *testing.T) {
+	m, other := newMock(t, dtx.Postgres), newMock(t, dtx.Postgres, dtx.WithoutSearch())
+	name := mockName("pg")
+	m.committed(t, name)
+	m.met(t)
+	m.db.Close()
+	if err := dtx.CommitDistributed(context.Background(), name); err != nil {
+		t.Fatalf("retry after Close: %v", err)
+	}
+	other.untouched(t)
+}
+
 // BeginDistributed refuses a nil fn and an ended context before any SQL,
 // and says "dtx:" and the name.
 func TestBeginDistributedRefusals(t *testing.T) {
