@@ -15,6 +15,7 @@ type connector struct {
 	m   *Mock
 }
 
+// Connect implements driver.Connector.
 func (c connector) Connect(context.Context) (driver.Conn, error) {
 	s, err := c.drv.Open(c.dsn)
 	if err != nil {
@@ -23,6 +24,7 @@ func (c connector) Connect(context.Context) (driver.Conn, error) {
 	return recorder{Conn: s, m: c.m}, nil
 }
 
+// Driver implements driver.Connector: sqlmock's driver.
 func (c connector) Driver() driver.Driver { return c.drv }
 
 // recorder forwards every call to sqlmock's session, which has all these
@@ -42,26 +44,33 @@ var (
 	_ driver.NamedValueChecker  = recorder{}
 )
 
+// BeginTx implements driver.ConnBeginTx (an unnamed transaction).
 func (r recorder) BeginTx(ctx context.Context, opts driver.TxOptions) (driver.Tx, error) {
 	return r.Conn.(driver.ConnBeginTx).BeginTx(ctx, opts)
 }
 
+// PrepareContext implements driver.ConnPrepareContext.
 func (r recorder) PrepareContext(ctx context.Context, query string) (driver.Stmt, error) {
 	return r.Conn.(driver.ConnPrepareContext).PrepareContext(ctx, query)
 }
 
+// ExecContext implements driver.ExecerContext, noting XA START's name.
 func (r recorder) ExecContext(ctx context.Context, query string, args []driver.NamedValue) (driver.Result, error) {
 	r.note(query)
 	return r.Conn.(driver.ExecerContext).ExecContext(ctx, query, args)
 }
 
+// QueryContext implements driver.QueryerContext, noting PREPARE
+// TRANSACTION's name.
 func (r recorder) QueryContext(ctx context.Context, query string, args []driver.NamedValue) (driver.Rows, error) {
 	r.note(query)
 	return r.Conn.(driver.QueryerContext).QueryContext(ctx, query, args)
 }
 
+// Ping implements driver.Pinger.
 func (r recorder) Ping(ctx context.Context) error { return r.Conn.(driver.Pinger).Ping(ctx) }
 
+// CheckNamedValue implements driver.NamedValueChecker.
 func (r recorder) CheckNamedValue(nv *driver.NamedValue) error {
 	return r.Conn.(driver.NamedValueChecker).CheckNamedValue(nv)
 }

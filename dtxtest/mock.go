@@ -157,6 +157,7 @@ const marker = "[dtx] "
 // test's own to its matcher.
 type matcher struct{ user sqlmock.QueryMatcher }
 
+// Match implements sqlmock.QueryMatcher.
 func (m matcher) Match(expected, actual string) error {
 	if want, ok := strings.CutPrefix(expected, marker); ok {
 		if want == actual {
