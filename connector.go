@@ -37,7 +37,8 @@ var (
 )
 
 // NewConnector wraps parent for sql.OpenDB: a pgx stdlib connector, a
-// sqlmock connection, a connector with a custom dialer.
+// connector with a custom dialer, a test double's (go-sqlmock has no
+// connector of its own; the dtxtest package makes one).
 //
 //	db := sql.OpenDB(dtx.NewConnector(pgConnector, dtx.Postgres))
 func NewConnector(parent driver.Connector, d Dialect, opts ...Option) driver.Connector {

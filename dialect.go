@@ -37,10 +37,17 @@ type Dialect interface {
 // Prepared is a transaction that is prepared and waits for its commit or
 // rollback. Fields a server does not report stay zero.
 type Prepared struct {
-	Name       string
+	// Name is the global name: the gid on PostgreSQL, the gtrid of an XA
+	// branch with formatID 1 and an empty bqual on MariaDB/MySQL.
+	Name string
+	// PreparedAt is when the server prepared it (PostgreSQL only).
 	PreparedAt time.Time
-	Owner      string
-	Database   string
+	// Owner is the role that prepared it, the only one besides a
+	// superuser that may finish it (PostgreSQL only).
+	Owner string
+	// Database is the database it belongs to, where it must be finished
+	// (PostgreSQL only; MariaDB/MySQL lists XA branches server-wide).
+	Database string
 }
 
 // execDriver runs one statement without arguments on a parent session.

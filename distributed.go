@@ -5,7 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
-	"time"
+	"strings"
 )
 
 // BeginDistributed runs fn in a transaction named name on db, which must be
@@ -13,13 +13,22 @@ import (
 // the server but neither visible nor final until CommitDistributed or
 // RollbackDistributed. When fn returns an error the transaction is rolled
 // back and that error returned (wrapped: errors.Is finds it); when fn
-// panics it is rolled back and the panic goes on.
+// panics it is rolled back and the panic goes on. A nil fn, or a ctx that
+// has already ended, is an error before any SQL runs; an error that does
+// not come from dtx itself (the context's, database/sql's) is wrapped with
+// "dtx:" and the name.
 func BeginDistributed(ctx context.Context, db *sql.DB, name string, fn func(tx *sql.Tx) error) (err error) {
 	if err := ValidateName(name); err != nil {
 		return err
 	}
 	if _, err := driverOf(db); err != nil {
 		return err
+	}
+	if fn == nil {
+		return fmt.Errorf("dtx: BeginDistributed %q: fn is nil", name)
+	}
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("%w: %q was not begun: %w", ErrNotPrepared, name, err)
 	}
 	// A name this process holds is refused before a connection is taken:
 	// the transaction holding it may own the pool's last connection, and
@@ -30,7 +39,10 @@ func BeginDistributed(ctx context.Context, db *sql.DB, name string, fn func(tx *
 	}
 	tx, err := db.BeginTx(withNameDB(ctx, name, db), nil)
 	if err != nil {
-		return err
+		if fromDTX(err) {
+			return err
+		}
+		return fmt.Errorf("%w: %q was not begun: %w", ErrNotPrepared, name, err)
 	}
 	done := false
 	defer func() {
@@ -46,14 +58,24 @@ func BeginDistributed(ctx context.Context, db *sql.DB, name string, fn func(tx *
 		return fmt.Errorf("dtx: %q rolled back: %w", name, err)
 	}
 	done = true
-	return tx.Commit()
+	if err = tx.Commit(); err != nil && !fromDTX(err) {
+		// database/sql's own answer (the context ended, so it rolled
+		// back): PREPARE was never sent.
+		return fmt.Errorf("%w: %q was rolled back: %w", ErrNotPrepared, name, err)
+	}
+	return err
 }
+
+// fromDTX reports whether err is one dtx made (and so already says "dtx:").
+func fromDTX(err error) bool { return strings.HasPrefix(err.Error(), "dtx:") }
 
 // CommitDistributed commits the prepared transaction name, wherever this
 // process prepared it; after a restart, or for a name another process
 // prepared, in whichever database opened through dtx in this process has it
-// prepared (ErrUnknownName if none). Committing a name this process already
-// committed returns nil, so a retry is safe.
+// prepared (ErrUnknownName if none), or only among the databases a context
+// from WithDatabases names. Committing a name this process already committed
+// returns nil, so a retry is safe. A ctx that has already ended is an error
+// before anything is sent.
 func CommitDistributed(ctx context.Context, name string) error {
 	return reg.finish(ctx, name, true)
 }
@@ -99,13 +121,14 @@ func finishPrepared(ctx context.Context, db *sql.DB, name string, commit bool) e
 		return err
 	}
 	if e := reg.lookup(name); e != nil {
-		return reg.finish(ctx, name, commit)
+		// A finished name is looked for again in db only.
+		return reg.finish(WithDatabases(ctx, db), name, commit)
 	}
-	if err := d.dialect.finish(ctx, db, name, commit, time.Time{}, defaultOptions(d.opts).detachGrace); err != nil {
-		return err
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("dtx: %q not finished, nothing was sent: %w", name, err)
 	}
-	reg.remember(name, nil, commit)
-	return nil
+	p := place{d: d.dialect, db: db, grace: defaultOptions(d.opts).detachGrace}
+	return reg.finishAt(ctx, p, name, commit)
 }
 
 func driverOf(db *sql.DB) (*Driver, error) {

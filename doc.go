@@ -95,8 +95,17 @@
 // [RollbackDistributed] with its name: when this process did not prepare the
 // name itself, they search every database it opened through dtx and not yet
 // closed, and finish the name where it is prepared, or return
-// [ErrUnknownName]. dtx records no decisions: which way to finish is the
-// caller's to know, for example from the outside system.
+// [ErrUnknownName]. A context from [WithDatabases] bounds the search to the
+// databases it names, and a database opened with [WithoutSearch] is searched
+// only when named so. A database that cannot be listed does not hide the
+// others' answers; when none that answered has the name, the error says how
+// many could not be listed and is not ErrUnknownName. dtx records no
+// decisions: which way to finish is the caller's to know, for example from
+// the outside system.
+//
+// A name left in doubt (ErrOutcomeUnknown at prepare) stays reserved in this
+// process; once it is decided, [Forget] drops it. Forget changes nothing on
+// the server.
 //
 // [ListPrepared] lists what waits in one database; [CommitPrepared] and
 // [RollbackPrepared] finish a name in the database given:
@@ -114,9 +123,10 @@
 //
 // Finishing is safe to retry: this process remembers the last 10,000 names
 // it finished, and finishing one again the same way returns nil, the other
-// way [ErrAlreadyFinished]. Before answering from memory it checks that no
-// database this process opened has the name prepared again; if one has,
-// that new transaction is the one finished.
+// way [ErrAlreadyFinished]. Before answering from memory it checks that the
+// database where the name finished (or those a WithDatabases context names)
+// does not have it prepared again; if it has, that new transaction is the
+// one finished.
 //
 // # Names
 //
@@ -134,12 +144,13 @@
 // server or driver error lies beneath, that error too:
 //
 //   - [ErrInvalidName]: the name fails [ValidateName]; no SQL ran.
-//   - [ErrNameInUse]: the name is active or prepared in this process, or
+//   - [ErrNameInUse]: the name is active, prepared or in doubt in this
+//     process (the message says which), or
 //     prepared on the server (MariaDB/MySQL: also active there). PostgreSQL
 //     reports it at PREPARE, after the transaction's statements ran, and
 //     rolls the transaction back.
 //   - [ErrNotPrepared]: phase one did not prepare; the server rolled the
-//     transaction back. Also: finishing a name whose transaction is still
+//     transaction back, or BeginDistributed's context ended first. Also: finishing a name whose transaction is still
 //     running, and committing a MariaDB branch that was read-only or empty
 //     and that the server already discarded.
 //   - [ErrPreparedTransactionsDisabled]: PostgreSQL's
@@ -208,6 +219,13 @@
 //		otx, err := g.Begin(ctx, "orders", nil)
 //		...
 //	})
+//
+// # Testing code that uses dtx
+//
+// The nested module github.com/dtx-go/dtx/dtxtest gives a unit test a dtx
+// database over go-sqlmock, expectations for exactly the statements dtx
+// sends per dialect, and a registry kept to the test (see [WithDatabases],
+// [WithoutSearch] and [Forget], which it uses).
 //
 // # Other drivers and connectors
 //

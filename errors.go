@@ -15,7 +15,8 @@ var (
 	// database this process opened through dtx.
 	ErrUnknownName = errors.New("dtx: no prepared transaction with that name")
 	// ErrNotPrepared: phase one did not prepare the transaction; the server
-	// rolled it back and nothing of it remains.
+	// rolled it back, or it never began (BeginDistributed under a context
+	// that ended), and nothing of it remains.
 	ErrNotPrepared = errors.New("dtx: transaction not prepared")
 	// ErrPreparedTransactionsDisabled: PostgreSQL's max_prepared_transactions
 	// is 0. Set it to a nonzero value and restart the server.

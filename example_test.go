@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log"
+	"os"
 	"strings"
 	"time"
 
@@ -15,30 +16,29 @@ import (
 	"github.com/lib/pq"
 )
 
-// The examples run against the servers the tests use: pgDSN and myDSN are
-// postgres://postgres@127.0.0.1:5432/test?sslmode=disable and
-// root@tcp(127.0.0.1:3306)/test unless DTX_PG_DSN or DTX_MYSQL_DSN is set.
-// Each makes its own table and transaction names, so runs never collide.
-
-// unique returns prefix followed by a short random suffix.
-func unique(prefix string) string { return prefix + strings.ToLower(rand.Text()[:8]) }
-
 // The seed flow: stage a change, check an outside system, then commit or
-// roll back by name.
+// roll back by name. Like every example here it reads its DSN from the
+// environment (DTX_PG_DSN, DTX_MYSQL_DSN) with the local default shown, and
+// puts a random word in its table and transaction names.
 func Example() {
 	ctx := context.Background()
-	db, err := sql.Open("dtx+postgres", pgDSN()) // was: sql.Open("postgres", ...)
+	dsn := os.Getenv("DTX_PG_DSN")
+	if dsn == "" {
+		dsn = "postgres://postgres@127.0.0.1:5432/test?sslmode=disable"
+	}
+	run := strings.ToLower(rand.Text()[:8])  // keeps runs sharing a server apart
+	db, err := sql.Open("dtx+postgres", dsn) // was: sql.Open("postgres", dsn)
 	if err != nil {
 		log.Fatal(err)
 	}
 	defer db.Close()
-	users := unique("users_")
+	users := "users_" + run
 	if _, err := db.Exec("CREATE TABLE " + users + " (id int PRIMARY KEY, status text)"); err != nil {
 		log.Fatal(err)
 	}
 	defer db.Exec("DROP TABLE " + users)
 
-	name := unique("signup_42_")
+	name := "signup_42_" + run
 	err = dtx.BeginDistributed(ctx, db, name, func(tx *sql.Tx) error {
 		_, err := tx.ExecContext(ctx, "INSERT INTO "+users+" VALUES (42, 'pending')")
 		return err
@@ -47,7 +47,8 @@ func Example() {
 		log.Fatal(err) // nothing was prepared
 	}
 
-	if paymentAccepted() {
+	paymentAccepted := true // the outside system's answer
+	if paymentAccepted {
 		err = dtx.CommitDistributed(ctx, name)
 	} else {
 		err = dtx.RollbackDistributed(ctx, name)
@@ -61,22 +62,25 @@ func Example() {
 	// Output: user 42: pending
 }
 
-func paymentAccepted() bool { return true }
-
 func ExampleBeginDistributed() {
 	ctx := context.Background()
-	db, err := sql.Open("dtx+mysql", myDSN())
+	dsn := os.Getenv("DTX_MYSQL_DSN")
+	if dsn == "" {
+		dsn = "root@tcp(127.0.0.1:3306)/test"
+	}
+	run := strings.ToLower(rand.Text()[:8]) // keeps runs sharing a server apart
+	db, err := sql.Open("dtx+mysql", dsn)
 	if err != nil {
 		log.Fatal(err)
 	}
 	defer db.Close()
-	orders := unique("orders_")
+	orders := "orders_" + run
 	if _, err := db.Exec("CREATE TABLE " + orders + " (id int PRIMARY KEY)"); err != nil {
 		log.Fatal(err)
 	}
 	defer db.Exec("DROP TABLE " + orders)
 
-	name := unique("order_7_")
+	name := "order_7_" + run
 	err = dtx.BeginDistributed(ctx, db, name, func(tx *sql.Tx) error {
 		_, err := tx.ExecContext(ctx, "INSERT INTO "+orders+" VALUES (7)")
 		return err
@@ -101,18 +105,23 @@ func ExampleBeginDistributed() {
 
 func ExampleCommitDistributed() {
 	ctx := context.Background()
-	db, err := sql.Open("dtx+postgres", pgDSN())
+	dsn := os.Getenv("DTX_PG_DSN")
+	if dsn == "" {
+		dsn = "postgres://postgres@127.0.0.1:5432/test?sslmode=disable"
+	}
+	run := strings.ToLower(rand.Text()[:8]) // keeps runs sharing a server apart
+	db, err := sql.Open("dtx+postgres", dsn)
 	if err != nil {
 		log.Fatal(err)
 	}
 	defer db.Close()
-	ledger := unique("ledger_")
+	ledger := "ledger_" + run
 	if _, err := db.Exec("CREATE TABLE " + ledger + " (amount int)"); err != nil {
 		log.Fatal(err)
 	}
 	defer db.Exec("DROP TABLE " + ledger)
 
-	name := unique("transfer_")
+	name := "transfer_" + run
 	err = dtx.BeginDistributed(ctx, db, name, func(tx *sql.Tx) error {
 		_, err := tx.ExecContext(ctx, "INSERT INTO "+ledger+" VALUES (100)")
 		return err
@@ -136,18 +145,23 @@ func ExampleCommitDistributed() {
 
 func ExampleRollbackDistributed() {
 	ctx := context.Background()
-	db, err := sql.Open("dtx+postgres", pgDSN())
+	dsn := os.Getenv("DTX_PG_DSN")
+	if dsn == "" {
+		dsn = "postgres://postgres@127.0.0.1:5432/test?sslmode=disable"
+	}
+	run := strings.ToLower(rand.Text()[:8]) // keeps runs sharing a server apart
+	db, err := sql.Open("dtx+postgres", dsn)
 	if err != nil {
 		log.Fatal(err)
 	}
 	defer db.Close()
-	users := unique("users_")
+	users := "users_" + run
 	if _, err := db.Exec("CREATE TABLE " + users + " (id int PRIMARY KEY)"); err != nil {
 		log.Fatal(err)
 	}
 	defer db.Exec("DROP TABLE " + users)
 
-	name := unique("signup_9_")
+	name := "signup_9_" + run
 	err = dtx.BeginDistributed(ctx, db, name, func(tx *sql.Tx) error {
 		_, err := tx.ExecContext(ctx, "INSERT INTO "+users+" VALUES (9)")
 		return err
@@ -170,18 +184,23 @@ func ExampleRollbackDistributed() {
 // it begins under WithName: its Commit prepares instead of committing.
 func ExampleWithName() {
 	ctx := context.Background()
-	db, err := sql.Open("dtx+mysql", myDSN())
+	dsn := os.Getenv("DTX_MYSQL_DSN")
+	if dsn == "" {
+		dsn = "root@tcp(127.0.0.1:3306)/test"
+	}
+	run := strings.ToLower(rand.Text()[:8]) // keeps runs sharing a server apart
+	db, err := sql.Open("dtx+mysql", dsn)
 	if err != nil {
 		log.Fatal(err)
 	}
 	defer db.Close()
-	stock := unique("stock_")
+	stock := "stock_" + run
 	if _, err := db.Exec("CREATE TABLE " + stock + " (sku int PRIMARY KEY, qty int)"); err != nil {
 		log.Fatal(err)
 	}
 	defer db.Exec("DROP TABLE " + stock)
 
-	name := unique("reserve_")
+	name := "reserve_" + run
 	tx, err := db.BeginTx(dtx.WithName(ctx, name), &sql.TxOptions{Isolation: sql.LevelSerializable})
 	if err != nil {
 		log.Fatal(err)
@@ -210,12 +229,17 @@ func ExampleWithName() {
 // service a common prefix so that its tool finds its own.
 func ExampleListPrepared() {
 	ctx := context.Background()
-	db, err := sql.Open("dtx+postgres", pgDSN())
+	dsn := os.Getenv("DTX_PG_DSN")
+	if dsn == "" {
+		dsn = "postgres://postgres@127.0.0.1:5432/test?sslmode=disable"
+	}
+	run := strings.ToLower(rand.Text()[:8]) // keeps runs sharing a server apart
+	db, err := sql.Open("dtx+postgres", dsn)
 	if err != nil {
 		log.Fatal(err)
 	}
 	defer db.Close()
-	prefix := unique("billing_") + "_"
+	prefix := "billing_" + run + "_"
 	for _, invoice := range []string{"invoice_1", "invoice_2"} {
 		err := dtx.BeginDistributed(ctx, db, prefix+invoice, func(tx *sql.Tx) error {
 			return nil // a real one would change something
@@ -247,19 +271,24 @@ func ExampleListPrepared() {
 // prepared and then died.
 func ExampleCommitPrepared() {
 	ctx := context.Background()
-	db, err := sql.Open("dtx+postgres", pgDSN())
+	dsn := os.Getenv("DTX_PG_DSN")
+	if dsn == "" {
+		dsn = "postgres://postgres@127.0.0.1:5432/test?sslmode=disable"
+	}
+	run := strings.ToLower(rand.Text()[:8]) // keeps runs sharing a server apart
+	db, err := sql.Open("dtx+postgres", dsn)
 	if err != nil {
 		log.Fatal(err)
 	}
 	defer db.Close()
-	payments := unique("payments_")
+	payments := "payments_" + run
 	if _, err := db.Exec("CREATE TABLE " + payments + " (id int PRIMARY KEY)"); err != nil {
 		log.Fatal(err)
 	}
 	defer db.Exec("DROP TABLE " + payments)
 
-	name := unique("payment_3_")
-	other, err := sql.Open("postgres", pgDSN())
+	name := "payment_3_" + run
+	other, err := sql.Open("postgres", dsn)
 	if err != nil {
 		log.Fatal(err)
 	}
@@ -284,6 +313,120 @@ func ExampleCommitPrepared() {
 	// Output: rows after CommitPrepared: 1
 }
 
+// RollbackPrepared undoes a branch another process prepared and left: here
+// a plain go-sql-driver/mysql session that prepared an XA branch and
+// disconnected. dtx finishes a MariaDB branch from another session only a
+// detach grace (1 s) after it first saw it listed.
+func ExampleRollbackPrepared() {
+	ctx := context.Background()
+	dsn := os.Getenv("DTX_MYSQL_DSN")
+	if dsn == "" {
+		dsn = "root@tcp(127.0.0.1:3306)/test"
+	}
+	run := strings.ToLower(rand.Text()[:8]) // keeps runs sharing a server apart
+	db, err := sql.Open("dtx+mysql", dsn)
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer db.Close()
+	refunds := "refunds_" + run
+	if _, err := db.Exec("CREATE TABLE " + refunds + " (id int PRIMARY KEY)"); err != nil {
+		log.Fatal(err)
+	}
+	defer db.Exec("DROP TABLE " + refunds)
+
+	name := "refund_5_" + run
+	other, err := sql.Open("mysql", dsn)
+	if err != nil {
+		log.Fatal(err)
+	}
+	conn, err := other.Conn(ctx)
+	if err != nil {
+		log.Fatal(err)
+	}
+	for _, q := range []string{"XA START '" + name + "'", "INSERT INTO " + refunds + " VALUES (5)", "XA END '" + name + "'", "XA PREPARE '" + name + "'"} {
+		if _, err := conn.ExecContext(ctx, q); err != nil {
+			log.Fatal(err)
+		}
+	}
+	conn.Close()
+	other.Close()
+
+	if err := dtx.RollbackPrepared(ctx, db, name); err != nil {
+		log.Fatal(err)
+	}
+	var n int
+	db.QueryRow("SELECT COUNT(*) FROM " + refunds).Scan(&n)
+	fmt.Println("rows after RollbackPrepared:", n)
+	// Output: rows after RollbackPrepared: 0
+}
+
+// ValidateName checks a name before any SQL runs; BeginDistributed and
+// WithName's BeginTx call it too.
+func ExampleValidateName() {
+	fmt.Println(dtx.ValidateName("signup_42"))
+	fmt.Println(dtx.ValidateName("order:2026-12-01/7@eu"))
+	fmt.Println(dtx.ValidateName("café"))
+	err := dtx.ValidateName(strings.Repeat("x", dtx.MaxNameLen+1))
+	fmt.Println(errors.Is(err, dtx.ErrInvalidName))
+	// Output:
+	// <nil>
+	// <nil>
+	// dtx: invalid transaction name: byte 3 is 0xc3, the first of the 2 bytes of 'é' (U+00E9); allowed are ASCII letters, digits and _-.:+/=@
+	// true
+}
+
+// Forget drops a name from this process's memory, not from the server: an
+// operator who has decided an in-doubt name, or a process giving up a
+// prepared one to finish it later. The transaction stays prepared; a later
+// CommitDistributed finds it by searching, here only in db.
+func ExampleForget() {
+	ctx := context.Background()
+	dsn := os.Getenv("DTX_PG_DSN")
+	if dsn == "" {
+		dsn = "postgres://postgres@127.0.0.1:5432/test?sslmode=disable"
+	}
+	run := strings.ToLower(rand.Text()[:8]) // keeps runs sharing a server apart
+	db, err := sql.Open("dtx+postgres", dsn)
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer db.Close()
+
+	name := "invoice_8_" + run
+	if err := dtx.BeginDistributed(ctx, db, name, func(tx *sql.Tx) error {
+		_, err := tx.ExecContext(ctx, "SELECT 1")
+		return err
+	}); err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println(dtx.Forget(name))
+	fmt.Println(dtx.CommitDistributed(dtx.WithDatabases(ctx, db), name))
+	// Output:
+	// <nil>
+	// <nil>
+}
+
+// WithDatabases bounds the search for a name this process does not hold to
+// the databases given, instead of every database it opened through dtx.
+func ExampleWithDatabases() {
+	ctx := context.Background()
+	dsn := os.Getenv("DTX_PG_DSN")
+	if dsn == "" {
+		dsn = "postgres://postgres@127.0.0.1:5432/test?sslmode=disable"
+	}
+	run := strings.ToLower(rand.Text()[:8]) // keeps runs sharing a server apart
+	orders, err := sql.Open("dtx+postgres", dsn)
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer orders.Close()
+
+	err = dtx.RollbackDistributed(dtx.WithDatabases(ctx, orders), "never_prepared_"+run)
+	fmt.Println(errors.Is(err, dtx.ErrUnknownName))
+	// Output: true
+}
+
 // Register wraps a driver under a name of your choice, with options; here
 // go-sql-driver/mysql again, with MariaDB session holding tuned.
 func ExampleRegister() {
@@ -291,12 +434,17 @@ func ExampleRegister() {
 		dtx.WithHoldLimit(16), dtx.WithHoldTimeout(30*time.Second))
 
 	ctx := context.Background()
-	db, err := sql.Open("dtx+mariadb-short-hold", myDSN())
+	dsn := os.Getenv("DTX_MYSQL_DSN")
+	if dsn == "" {
+		dsn = "root@tcp(127.0.0.1:3306)/test"
+	}
+	run := strings.ToLower(rand.Text()[:8]) // keeps runs sharing a server apart
+	db, err := sql.Open("dtx+mariadb-short-hold", dsn)
 	if err != nil {
 		log.Fatal(err)
 	}
 	defer db.Close()
-	name := unique("noop_")
+	name := "noop_" + run
 	if err := dtx.BeginDistributed(ctx, db, name, func(tx *sql.Tx) error {
 		_, err := tx.ExecContext(ctx, "SELECT 1")
 		return err
@@ -310,7 +458,12 @@ func ExampleRegister() {
 // NewConnector wraps a driver.Connector for sql.OpenDB: here lib/pq's, which
 // could carry a custom dialer; pgx's stdlib.GetConnector works the same way.
 func ExampleNewConnector() {
-	pc, err := pq.NewConnector(pgDSN())
+	dsn := os.Getenv("DTX_PG_DSN")
+	if dsn == "" {
+		dsn = "postgres://postgres@127.0.0.1:5432/test?sslmode=disable"
+	}
+	run := strings.ToLower(rand.Text()[:8]) // keeps runs sharing a server apart
+	pc, err := pq.NewConnector(dsn)
 	if err != nil {
 		log.Fatal(err)
 	}
@@ -318,7 +471,7 @@ func ExampleNewConnector() {
 	defer db.Close()
 
 	ctx := context.Background()
-	name := unique("job_")
+	name := "job_" + run
 	if err := dtx.BeginDistributed(ctx, db, name, func(tx *sql.Tx) error {
 		_, err := tx.ExecContext(ctx, "SELECT 1")
 		return err

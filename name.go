@@ -4,6 +4,8 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
+	"strconv"
+	"unicode/utf8"
 )
 
 // MaxNameLen is the longest global name, in bytes: MySQL's limit for an XA
@@ -55,10 +57,25 @@ func ValidateName(name string) error {
 	}
 	for i := 0; i < len(name); i++ {
 		if !nameByte(name[i]) {
-			return fmt.Errorf("%w: byte %d is %q; allowed are letters, digits and _-.:+/=@", ErrInvalidName, i, name[i])
+			return fmt.Errorf("%w: byte %d is %s; allowed are ASCII letters, digits and _-.:+/=@", ErrInvalidName, i, describeByte(name, i))
 		}
 	}
 	return nil
+}
+
+// describeByte names the byte at i of s for an error: a quoted ASCII
+// character, or for a non-ASCII byte its value and, when it starts a UTF-8
+// character, that character (printing the byte as a rune would show
+// another character: 0xc3 as 'Ã').
+func describeByte(s string, i int) string {
+	b := s[i]
+	if b < utf8.RuneSelf {
+		return strconv.QuoteRune(rune(b))
+	}
+	if r, n := utf8.DecodeRuneInString(s[i:]); r != utf8.RuneError {
+		return fmt.Sprintf("0x%02x, the first of the %d bytes of %s (U+%04X)", b, n, strconv.QuoteRune(r), r)
+	}
+	return fmt.Sprintf("0x%02x (not UTF-8)", b)
 }
 
 func nameByte(b byte) bool {

@@ -14,6 +14,7 @@ type options struct {
 	holdTimeout time.Duration
 	detachGrace time.Duration
 	commandTag  func(ctx context.Context, parent driver.Conn, query string) (string, error)
+	unsearched  bool
 }
 
 func defaultOptions(opts []Option) options {
@@ -74,4 +75,16 @@ func WithDetachGrace(d time.Duration) Option {
 // The dtxpgx package (module github.com/dtx-go/dtx/pgx) passes one for pgx.
 func WithCommandTag(f func(ctx context.Context, parent driver.Conn, query string) (tag string, err error)) Option {
 	return func(o *options) { o.commandTag = f }
+}
+
+// WithoutSearch keeps the database out of the by-name search: after a
+// restart, or for a name another process prepared, CommitDistributed and
+// RollbackDistributed look for the name in every database opened through
+// dtx except those made WithoutSearch; a context from WithDatabases naming
+// the database still reaches it, and so do CommitPrepared and
+// RollbackPrepared. For a database that never holds named transactions
+// that a search should find (a replica, a store of the caller's own), and
+// for test doubles (the dtxtest package uses it).
+func WithoutSearch() Option {
+	return func(o *options) { o.unsearched = true }
 }

@@ -2,6 +2,7 @@ package dtx
 
 import (
 	"context"
+	"database/sql"
 	"database/sql/driver"
 	"errors"
 	"fmt"
@@ -43,6 +44,8 @@ type entry struct {
 	state    state
 	onePhase bool // commit without prepare (a global's only branch)
 
+	at place // where a name finished outside a transaction of this process was
+
 	mu       sync.Mutex
 	held     driver.Conn // MySQL: the session the branch is bound to
 	timer    *time.Timer // releases held after the hold timeout
@@ -50,7 +53,12 @@ type entry struct {
 	unsure   bool        // an earlier phase two's outcome is unknown
 }
 
+// addConnector makes c's database one that a by-name finish searches,
+// unless c was made with WithoutSearch.
 func (r *registry) addConnector(c *connector) {
+	if c.opts.unsearched {
+		return
+	}
 	r.mu.Lock()
 	r.connectors[c] = struct{}{}
 	r.mu.Unlock()
@@ -82,8 +90,17 @@ func (r *registry) free(name string) error {
 }
 
 func (r *registry) freeLocked(name string) error {
-	if e, ok := r.names[name]; ok && e.state <= stUncertain {
-		return fmt.Errorf("%w: %q is active or prepared in this process", ErrNameInUse, name)
+	e, ok := r.names[name]
+	if !ok {
+		return nil
+	}
+	switch e.state {
+	case stActive:
+		return fmt.Errorf("%w: %q is active in this process (its transaction has not ended)", ErrNameInUse, name)
+	case stPrepared:
+		return fmt.Errorf("%w: %q is prepared in this process; finish it first", ErrNameInUse, name)
+	case stUncertain:
+		return fmt.Errorf("%w: %q is in doubt in this process (whether its prepare took effect is unknown); finish it by name, or drop it with dtx.Forget", ErrNameInUse, name)
 	}
 	return nil
 }
@@ -141,12 +158,13 @@ func (r *registry) getState(e *entry) state {
 }
 
 // prepared records that e's transaction is prepared; held is the session it
-// is bound to (MySQL), or nil.
+// is bound to (MySQL), or nil. The session is held first, so that Forget,
+// which takes only prepared names, never misses it.
 func (r *registry) prepared(e *entry, held driver.Conn) {
-	r.setState(e, stPrepared)
 	if held != nil {
 		e.c.hold(e, held)
 	}
+	r.setState(e, stPrepared)
 }
 
 func (r *registry) uncertain(e *entry) {
@@ -156,10 +174,14 @@ func (r *registry) uncertain(e *entry) {
 	r.setState(e, stUncertain)
 }
 
-// finish is phase two of name: commit or roll back.
+// finish is phase two of name: commit or roll back. A context from
+// WithDatabases bounds the databases it searches.
 func (r *registry) finish(ctx context.Context, name string, commit bool) error {
 	if err := ValidateName(name); err != nil {
 		return err
+	}
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("dtx: %q not finished, nothing was sent: %w", name, err)
 	}
 	e := r.lookup(name)
 	if e == nil {
@@ -171,12 +193,19 @@ func (r *registry) finish(ctx context.Context, name string, commit bool) error {
 	case st == stActive:
 		return fmt.Errorf("%w: %q is still running; commit its transaction first", ErrNotPrepared, name)
 	case st >= stCommitted:
-		// Finished here before. If a database has the name prepared
-		// again (another process reused it), that one is finished;
-		// otherwise memory answers, so that a retry is safe.
-		c, err := r.locate(ctx, name)
-		if c != nil {
-			return r.finishAt(ctx, c, name, commit)
+		// Finished here before. If the database where it finished has
+		// the name prepared again (another process reused it), that one
+		// is finished; otherwise memory answers, so that a retry is safe.
+		ps, ok, err := searched(ctx)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			ps = r.placesOf(e)
+		}
+		p, err := r.locate(ctx, name, ps)
+		if p != nil {
+			return r.finishAt(ctx, *p, name, commit)
 		}
 		if err != nil {
 			return err
@@ -202,6 +231,31 @@ func (r *registry) finish(ctx context.Context, name string, commit bool) error {
 	return err
 }
 
+// forget drops name from the registry; see Forget.
+func (r *registry) forget(name string) error {
+	e := r.lookup(name)
+	if e == nil {
+		return nil
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	r.mu.Lock()
+	if r.names[name] != e {
+		r.mu.Unlock()
+		return nil // finished and replaced meanwhile
+	}
+	if e.state == stActive {
+		r.mu.Unlock()
+		return fmt.Errorf("%w: %q is active in this process: end its transaction instead", ErrNameInUse, name)
+	}
+	delete(r.names, name)
+	r.mu.Unlock()
+	if e.c != nil {
+		e.c.releaseLocked(e)
+	}
+	return nil
+}
+
 func finalState(commit bool) state {
 	if commit {
 		return stCommitted
@@ -209,57 +263,116 @@ func finalState(commit bool) state {
 	return stRolledBack
 }
 
-// search finishes a name this process does not know (it restarted, or
-// another process prepared it) in the database where it is prepared, among
-// all those opened through dtx in this process.
-func (r *registry) search(ctx context.Context, name string, commit bool) error {
-	c, err := r.locate(ctx, name)
-	if c == nil {
-		if err != nil {
-			return fmt.Errorf("dtx: %q is not prepared in any database that could be searched: %w", name, err)
-		}
-		return fmt.Errorf("%w: %q is not prepared in any database opened through dtx in this process", ErrUnknownName, name)
-	}
-	return r.finishAt(ctx, c, name, commit)
+// A place is a database where a name can be searched for and finished.
+type place struct {
+	d     Dialect
+	db    *sql.DB
+	grace time.Duration
+	c     *connector // nil for a database known only by its *sql.DB
 }
 
-// locate returns the connector of a database where name is prepared, or
-// nil and the errors of the databases it could not list.
-func (r *registry) locate(ctx context.Context, name string) (*connector, error) {
+func placeOfConnector(c *connector) place {
+	return place{d: c.dialect(), db: c.pool(), grace: c.opts.detachGrace, c: c}
+}
+
+func placeOfDB(db *sql.DB) (place, error) {
+	d, err := driverOf(db)
+	if err != nil {
+		return place{}, err
+	}
+	return place{d: d.dialect, db: db, grace: defaultOptions(d.opts).detachGrace}, nil
+}
+
+// placesOf is where a finished e can be prepared again: where it was, when
+// known and still open, else every searched database.
+func (r *registry) placesOf(e *entry) []place {
+	switch {
+	case e.c != nil && !e.c.isClosed():
+		return []place{placeOfConnector(e.c)}
+	case e.at.db != nil:
+		return []place{e.at}
+	}
+	return r.all()
+}
+
+// all is every database a by-name finish searches when its context names
+// none: those opened through dtx in this process, not closed, and not
+// made WithoutSearch.
+func (r *registry) all() []place {
 	r.mu.Lock()
 	cs := make([]*connector, 0, len(r.connectors))
 	for c := range r.connectors {
 		cs = append(cs, c)
 	}
 	r.mu.Unlock()
+	ps := make([]place, len(cs))
+	for i, c := range cs {
+		ps[i] = placeOfConnector(c)
+	}
+	return ps
+}
+
+// search finishes a name this process does not know (it restarted, or
+// another process prepared it) in the database where it is prepared, among
+// those the context names (WithDatabases) or else all r searches.
+func (r *registry) search(ctx context.Context, name string, commit bool) error {
+	ps, ok, err := searched(ctx)
+	if err != nil {
+		return err
+	}
+	scope := "any database named by dtx.WithDatabases"
+	if !ok {
+		ps = r.all()
+		scope = "any database opened through dtx in this process"
+	}
+	p, err := r.locate(ctx, name, ps)
+	if p != nil {
+		return r.finishAt(ctx, *p, name, commit)
+	}
+	if err != nil {
+		return err
+	}
+	return fmt.Errorf("%w: %q is not prepared in %s (%d searched)", ErrUnknownName, name, scope, len(ps))
+}
+
+// locate returns a place among ps where name is prepared. When none has it
+// and some could not be listed, the error says how many answered and
+// joins the others' errors: an unlisted database may have the name, so the
+// error is not ErrUnknownName.
+func (r *registry) locate(ctx context.Context, name string, ps []place) (*place, error) {
 	var errs []error
-	for _, c := range cs {
-		ps, err := c.dialect().list(ctx, c.pool())
+	for i := range ps {
+		list, err := ps[i].d.list(ctx, ps[i].db)
 		if err != nil {
 			errs = append(errs, err)
 			continue
 		}
-		for _, p := range ps {
+		for _, p := range list {
 			if p.Name == name {
-				return c, nil
+				return &ps[i], nil
 			}
 		}
 	}
-	return nil, errors.Join(errs...)
+	if len(errs) == 0 {
+		return nil, nil
+	}
+	return nil, fmt.Errorf("dtx: %q is not prepared in the %d of %d databases searched that could be listed; %d could not be listed: %w",
+		name, len(ps)-len(errs), len(ps), len(errs), errors.Join(errs...))
 }
 
-// finishAt finishes name, prepared in c's database, from another session.
-func (r *registry) finishAt(ctx context.Context, c *connector, name string, commit bool) error {
-	if err := c.dialect().finish(ctx, c.pool(), name, commit, time.Time{}, c.opts.detachGrace); err != nil {
+// finishAt finishes name, prepared in p's database, from another session.
+func (r *registry) finishAt(ctx context.Context, p place, name string, commit bool) error {
+	if err := p.d.finish(ctx, p.db, name, commit, time.Time{}, p.grace); err != nil {
 		return err
 	}
-	r.remember(name, c, commit)
+	r.remember(name, p, commit)
 	return nil
 }
 
-// remember records a name finished outside a transaction of this process.
-func (r *registry) remember(name string, c *connector, commit bool) {
-	e := &entry{name: name, c: c}
+// remember records a name finished outside a transaction of this process,
+// and where.
+func (r *registry) remember(name string, p place, commit bool) {
+	e := &entry{name: name, c: p.c, at: p}
 	r.mu.Lock()
 	if old, ok := r.names[name]; ok && old.state <= stUncertain {
 		r.mu.Unlock()

@@ -45,8 +45,8 @@ type mocked struct {
 }
 
 // newMock returns a dtx database of dialect d over a fresh sqlmock whose
-// queries must match exactly.
-func newMock(t *testing.T, d dtx.Dialect) mocked {
+// queries must match exactly, made with opts.
+func newMock(t *testing.T, d dtx.Dialect, opts ...dtx.Option) mocked {
 	t.Helper()
 	dsn := "dtx_sqlmock_" + token()
 	mdb, mock, err := sqlmock.NewWithDSN(dsn, sqlmock.QueryMatcherOption(sqlmock.QueryMatcherEqual))
@@ -54,7 +54,7 @@ func newMock(t *testing.T, d dtx.Dialect) mocked {
 		t.Fatal(err)
 	}
 	n := new(atomic.Int32)
-	db := sql.OpenDB(dtx.NewConnector(mockConnector{drv: mdb.Driver(), dsn: dsn, connects: n}, d))
+	db := sql.OpenDB(dtx.NewConnector(mockConnector{drv: mdb.Driver(), dsn: dsn, connects: n}, d, opts...))
 	t.Cleanup(func() {
 		db.Close()  // closing the mock session is not an expectation
 		mdb.Close() // keeps the DSN open until the dtx pool is closed
@@ -655,6 +655,30 @@ func TestSqlmockMySQLErrors(t *testing.T) {
 	})
 }
 
+// cancelled expects a named transaction of dialect d begun and rolled back
+// because its context ended: database/sql then discards the session.
+func (m mocked) cancelled(d dtx.Dialect, name string) {
+	if d == dtx.Postgres {
+		m.exec("BEGIN")
+		m.exec("ROLLBACK")
+	} else {
+		x := myXid(name)
+		m.exec("XA START " + x)
+		m.exec("XA END " + x)
+		m.exec("XA ROLLBACK " + x)
+	}
+	m.mock.ExpectClose()
+}
+
+// awaitMet waits until every expectation is met or 5 s have passed:
+// database/sql rolls back a cancelled transaction in a goroutine of its own.
+func (m mocked) awaitMet() {
+	deadline := time.Now().Add(5 * time.Second)
+	for m.mock.ExpectationsWereMet() != nil && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+}
+
 // When the transaction's context ends, database/sql rolls back and discards
 // the connection; dtx's rollback still reaches the server.
 func TestSqlmockCancelledContext(t *testing.T) {
@@ -662,16 +686,7 @@ func TestSqlmockCancelledContext(t *testing.T) {
 		t.Run(dl.name, func(t *testing.T) {
 			m := newMock(t, dl.d)
 			name := mockName(dl.name)
-			if dl.d == dtx.Postgres {
-				m.exec("BEGIN")
-				m.exec("ROLLBACK")
-			} else {
-				x := myXid(name)
-				m.exec("XA START " + x)
-				m.exec("XA END " + x)
-				m.exec("XA ROLLBACK " + x)
-			}
-			m.mock.ExpectClose()
+			m.cancelled(dl.d, name)
 
 			ctx, cancel := context.WithCancel(dtx.WithName(context.Background(), name))
 			tx, err := m.db.BeginTx(ctx, nil)
@@ -679,11 +694,7 @@ func TestSqlmockCancelledContext(t *testing.T) {
 				t.Fatal(err)
 			}
 			cancel()
-			// database/sql rolls back in a goroutine of its own.
-			deadline := time.Now().Add(5 * time.Second)
-			for m.mock.ExpectationsWereMet() != nil && time.Now().Before(deadline) {
-				time.Sleep(time.Millisecond)
-			}
+			m.awaitMet()
 			if err := tx.Commit(); err == nil {
 				t.Fatal("Commit after cancel succeeded")
 			}
