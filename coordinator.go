@@ -101,17 +101,17 @@ type Coordinator struct {
 // Decision is the durable record that a global commits: written once every
 // branch is prepared, before any is committed.
 type Decision struct {
-	Global   string
-	Node     string
-	Branches []BranchRef
-	At       time.Time
+	Global   string      // the global's id, a UUIDv7 in hex: the store's key
+	Node     string      // the node that decided
+	Branches []BranchRef // every branch that writes, the decider's included
+	At       time.Time   // when it was decided, by the deciding node's clock
 }
 
 // BranchRef names one branch of a global: its resource and its prepared
 // transaction's name.
 type BranchRef struct {
-	Resource string
-	Name     string
+	Resource string // the resource's name in CoordinatorOptions.Resources
+	Name     string // the branch's prepared transaction name, g.<node>.<global>.<n>
 }
 
 // NewCoordinator checks opts, opens the decision table when Log is nil, and
@@ -266,7 +266,7 @@ func validNode(node string) error {
 	}
 	for i := 0; i < len(node); i++ {
 		if !nodeByte(node[i]) {
-			return fmt.Errorf("%w: node %q: byte %d is %q; allowed are letters, digits and -", ErrInvalidName, node, i, node[i])
+			return fmt.Errorf("%w: node %q: byte %d is %s; allowed are letters, digits and -", ErrInvalidName, node, i, describeByte(node, i))
 		}
 	}
 	return nil
