@@ -230,19 +230,7 @@ func benchGlobalImpl(b *testing.B, res []*globalRes, nb, conc int, impl string) 
 			table = "dtx_bench_log_" + token()
 			b.Cleanup(func() { drop(b, res[0].s, table) })
 		case "coord":
-			dir := b.TempDir()
-			if d := os.Getenv("DTX_BENCH_LOGDIR"); d != "" { // /tmp on tmpfs would make fsyncs free
-				var err error
-				if dir, err = os.MkdirTemp(d, "dtxbench"); err != nil {
-					b.Fatal(err)
-				}
-				b.Cleanup(func() { os.RemoveAll(dir) })
-			}
-			fl, err := dtx.OpenFileLog(dir)
-			if err != nil {
-				b.Fatal(err)
-			}
-			b.Cleanup(func() { fl.Close() })
+			fl := benchFileLog(b)
 			log, syncs = fl, fl.Syncs
 		default:
 			pg := res[0]
@@ -506,19 +494,7 @@ func benchCoordinatorImpl(b *testing.B, pgs, mys server, tuned bool, conc int, i
 			opts.DecisionTable = "dtx_bench_log_" + token()
 			b.Cleanup(func() { drop(b, pgs, opts.DecisionTable) })
 		case "filelog":
-			dir := b.TempDir()
-			if d := os.Getenv("DTX_BENCH_LOGDIR"); d != "" {
-				var err error
-				if dir, err = os.MkdirTemp(d, "dtxbench"); err != nil {
-					b.Fatal(err)
-				}
-				b.Cleanup(func() { os.RemoveAll(dir) })
-			}
-			fl, err := dtx.OpenFileLog(dir)
-			if err != nil {
-				b.Fatal(err)
-			}
-			b.Cleanup(func() { fl.Close() })
+			fl := benchFileLog(b)
 			opts.Log, syncs = fl, fl.Syncs
 		case "sqllog":
 			tbl := "dtx_bench_log_" + token()
@@ -614,4 +590,24 @@ func benchRaw2PC(ctx context.Context, pg, my *sql.DB, pgIns, myIns, name string,
 		return err
 	}
 	return both(steps(pc, "COMMIT PREPARED '"+name+"'"), steps(mc, "XA COMMIT "+x))
+}
+
+// benchFileLog opens a FileLog in a fresh directory, under DTX_BENCH_LOGDIR
+// when set (a $TMPDIR on tmpfs would make its fsyncs free), closed and
+// removed when b ends.
+func benchFileLog(b *testing.B) *dtx.FileLog {
+	dir := b.TempDir()
+	if d := os.Getenv("DTX_BENCH_LOGDIR"); d != "" {
+		var err error
+		if dir, err = os.MkdirTemp(d, "dtxbench"); err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { os.RemoveAll(dir) })
+	}
+	fl, err := dtx.OpenFileLog(dir)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { fl.Close() })
+	return fl
 }

@@ -100,15 +100,7 @@ func coCrashAt(t *testing.T, point string) func(do func()) {
 // touches a node's globals outside its store.
 func TestCoordinatorReplicasWithOwnLogs(t *testing.T) {
 	b := newCoBank(t)
-	logA, err := dtx.OpenFileLog(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	logB, err := dtx.OpenFileLog(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { logA.Close(); logB.Close() })
+	logA, logB := coFileLog(t), coFileLog(t)
 	res := map[string]*sql.DB{"pg": b.pg, "my": b.my}
 	a, err := dtx.NewCoordinator(dtx.CoordinatorOptions{Log: logA, Resources: res, RecoverInterval: -1})
 	if err != nil {
@@ -248,11 +240,7 @@ func TestCoordinatorTakeover(t *testing.T) {
 // names was looked at.
 func TestCoordinatorRecoverPartialConfig(t *testing.T) {
 	b := newCoBank(t)
-	log, err := dtx.OpenFileLog(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { log.Close() })
+	log := coFileLog(t)
 	node := "t" + token()
 	c, _ := newCoord(t, b, log, func(o *dtx.CoordinatorOptions) { o.Node = node })
 	var gid string
@@ -698,14 +686,10 @@ func (brokenLog) Err() error { return errors.New("disk full") }
 // locks. Now Do refuses before fn runs.
 func TestCoordinatorBrokenStoreFailsFast(t *testing.T) {
 	b := newCoBank(t)
-	fl, err := dtx.OpenFileLog(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { fl.Close() })
+	fl := coFileLog(t)
 	c, _ := newCoord(t, b, brokenLog{fl}, nil)
 	ran := false
-	err = c.Do(coCtx(t), func(ctx context.Context, g *dtx.Global) error {
+	err := c.Do(coCtx(t), func(ctx context.Context, g *dtx.Global) error {
 		ran = true
 		return nil
 	})

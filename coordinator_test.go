@@ -218,14 +218,7 @@ func coLogKinds() []coLogKind {
 		}
 	}
 	return []coLogKind{
-		{"file", func(t *testing.T, b *coBank) dtx.Log {
-			l, err := dtx.OpenFileLog(t.TempDir())
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { l.Close() })
-			return l
-		}},
+		{"file", func(t *testing.T, b *coBank) dtx.Log { return coFileLog(t) }},
 		{"in-pg", inResource(coPG(), func(b *coBank) *sql.DB { return b.pg })},
 		{"sql-postgres", sqlLog(coPG())},
 		{"sql-mysql", sqlLog(coMy())},
@@ -242,6 +235,17 @@ func eachLog(t *testing.T, all bool, f func(t *testing.T, newLog func(*testing.T
 		}
 		t.Run(k.name, func(t *testing.T) { f(t, k.open) })
 	}
+}
+
+// coFileLog opens a FileLog in a fresh directory, closed when t ends.
+func coFileLog(t testing.TB) *dtx.FileLog {
+	t.Helper()
+	l, err := dtx.OpenFileLog(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	return l
 }
 
 // coDecider is the resource whose branch commits the decision when log is
@@ -593,11 +597,7 @@ func TestCoordinatorPrepareFails(t *testing.T) {
 
 func TestCoordinatorOnePhase(t *testing.T) {
 	b := newCoBank(t)
-	log, err := dtx.OpenFileLog(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { log.Close() })
+	log := coFileLog(t)
 	c, node := newCoord(t, b, log, nil)
 	points := coHooks(t)
 	syncs := log.Syncs()
@@ -646,7 +646,7 @@ func TestCoordinatorOnePhase(t *testing.T) {
 
 	// A one-phase branch whose statement failed is rolled back, not
 	// committed.
-	err = c.Do(coCtx(t), func(ctx context.Context, g *dtx.Global) error {
+	err := c.Do(coCtx(t), func(ctx context.Context, g *dtx.Global) error {
 		tx, err := g.Begin(ctx, "pg", nil)
 		if err != nil {
 			return err
@@ -675,11 +675,7 @@ func TestCoordinatorOnePhase(t *testing.T) {
 
 func TestCoordinatorTimeout(t *testing.T) {
 	b := newCoBank(t)
-	log, err := dtx.OpenFileLog(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { log.Close() })
+	log := coFileLog(t)
 	c, node := newCoord(t, b, log, func(o *dtx.CoordinatorOptions) { o.Timeout = 300 * time.Millisecond })
 
 	t.Run("fn sleeps past it", func(t *testing.T) {
@@ -939,11 +935,7 @@ func TestCoordinatorRecoverDecided(t *testing.T) {
 // pool closed, as after a crash) and recovery commits it from another one.
 func TestCoordinatorRecoverDetached(t *testing.T) {
 	b := newCoBank(t)
-	log, err := dtx.OpenFileLog(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { log.Close() })
+	log := coFileLog(t)
 	c, node := newCoord(t, b, log, nil)
 	ctx := coCtx(t)
 	g := coGlobalAt(time.Now())
@@ -1023,11 +1015,7 @@ func TestCoordinatorRecoverUndecided(t *testing.T) {
 
 func TestCoordinatorRecoverIgnoresOthers(t *testing.T) {
 	b := newCoBank(t)
-	log, err := dtx.OpenFileLog(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { log.Close() })
+	log := coFileLog(t)
 	node := "t" + token()
 	otherNode := node + "-2" // our node name is a prefix of its
 	c, _ := newCoord(t, b, log, func(o *dtx.CoordinatorOptions) {
@@ -1203,11 +1191,7 @@ func coMyDetaching(t *testing.T, grace time.Duration) *sql.DB {
 // the other is committed.
 func TestCoordinatorRecoverKeepsDecisionOfGlobalInFlight(t *testing.T) {
 	b := newCoBank(t)
-	log, err := dtx.OpenFileLog(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { log.Close() })
+	log := coFileLog(t)
 	myDet := coMyDetaching(t, 3*time.Second)
 	pgOne := open(t, coPG(), coPG().wrapped)
 	pgOne.SetMaxOpenConns(1)
@@ -1328,11 +1312,7 @@ func (l *coGateLog) Pending(ctx context.Context, node string) ([]dtx.Decision, e
 // after its Do returned with the branch pending, must not roll it back.
 func TestCoordinatorRecoverStaleDecisions(t *testing.T) {
 	b := newCoBank(t)
-	fl, err := dtx.OpenFileLog(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { fl.Close() })
+	fl := coFileLog(t)
 	log := &coGateLog{Log: fl, reached: make(chan struct{}), release: make(chan struct{})}
 	myDet := coMyDetaching(t, 3*time.Second)
 	node := "t" + token()
@@ -1359,7 +1339,7 @@ func TestCoordinatorRecoverStaleDecisions(t *testing.T) {
 	}()
 	<-log.reached
 	var gid string
-	err = c.Do(ctx, func(ctx context.Context, g *dtx.Global) error {
+	err := c.Do(ctx, func(ctx context.Context, g *dtx.Global) error {
 		gid = g.ID()
 		return b.transfer(2, 2, 33)(ctx, g)
 	})
@@ -1399,11 +1379,7 @@ func TestCoordinatorRecoverStaleDecisions(t *testing.T) {
 
 func TestCoordinatorBackgroundRecovery(t *testing.T) {
 	b := newCoBank(t)
-	log, err := dtx.OpenFileLog(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { log.Close() })
+	log := coFileLog(t)
 	node := "t" + token()
 	coCleanupPrefix(t, "g."+node+".")
 	old := coGlobalAt(time.Now().Add(-time.Hour))
@@ -1485,11 +1461,7 @@ func TestCoordinatorBackgroundRecovery(t *testing.T) {
 // background pass that is waiting out MariaDB's detach grace.
 func TestCoordinatorCloseInterruptsRecovery(t *testing.T) {
 	b := newCoBank(t)
-	log, err := dtx.OpenFileLog(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { log.Close() })
+	log := coFileLog(t)
 	myDet := coMyDetaching(t, 4*time.Second)
 	node := "t" + token()
 	coCleanupPrefix(t, "g."+node+".")

@@ -121,13 +121,7 @@ type cmTrial struct {
 }
 
 func TestCrashMulti(t *testing.T) {
-	pgs, mys := coPG(), coMy()
-	env := &crEnv{
-		pgDSN: pgs.dsn, myDSN: mys.dsn,
-		pg: open(t, pgs, pgs.wrapped), my: open(t, mys, mys.wrapped),
-		pgRaw: open(t, pgs, pgs.raw), myRaw: open(t, mys, mys.raw),
-		dir: t.TempDir(),
-	}
+	env := crNewEnv(t)
 	trials, _ := strconv.Atoi(os.Getenv("DTX_CRASH_MULTI_TRIALS"))
 	if trials <= 0 {
 		trials = 2

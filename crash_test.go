@@ -322,13 +322,7 @@ type crEnv struct {
 }
 
 func TestCrash(t *testing.T) {
-	pgs, mys := coPG(), coMy()
-	env := &crEnv{
-		pgDSN: pgs.dsn, myDSN: mys.dsn,
-		pg: open(t, pgs, pgs.wrapped), my: open(t, mys, mys.wrapped),
-		pgRaw: open(t, pgs, pgs.raw), myRaw: open(t, mys, mys.raw),
-		dir: t.TempDir(),
-	}
+	env := crNewEnv(t)
 	var plan []crTrialSpec
 	n, _ := strconv.Atoi(os.Getenv("DTX_CRASH_TRIALS"))
 	rng := mrand.New(mrand.NewPCG(uint64(time.Now().UnixNano()), 7))
@@ -400,6 +394,17 @@ func TestCrash(t *testing.T) {
 	t.Log(detail)
 	fmt.Println(summary)
 	fmt.Println(detail)
+}
+
+// crNewEnv opens what the trials of t share.
+func crNewEnv(t *testing.T) *crEnv {
+	pgs, mys := coPG(), coMy()
+	return &crEnv{
+		pgDSN: pgs.dsn, myDSN: mys.dsn,
+		pg: open(t, pgs, pgs.wrapped), my: open(t, mys, mys.wrapped),
+		pgRaw: open(t, pgs, pgs.raw), myRaw: open(t, mys, mys.raw),
+		dir: t.TempDir(),
+	}
 }
 
 // crTrial runs one trial; t only logs and registers nothing: a trial's
