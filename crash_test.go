@@ -756,7 +756,7 @@ func crTeardown(t *testing.T, env *crEnv, prefix string, pgTables []string, myDB
 		c.ExecContext(ctx, "RESET lock_timeout")
 		c.Close()
 	}
-	if c, err := env.myRaw.Conn(ctx); err == nil {
+	if c, err := env.myRaw.Conn(ctx); err == nil && myDB != "" {
 		c.ExecContext(ctx, "SET SESSION lock_wait_timeout = 5")
 		if _, err := c.ExecContext(ctx, "DROP DATABASE IF EXISTS "+myDB); err != nil {
 			t.Logf("teardown: drop database %s: %v", myDB, err)
