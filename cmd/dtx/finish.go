@@ -150,8 +150,10 @@ func policy(ctx context.Context, st *store, p *prepared, commit, force bool, res
 	switch {
 	case rec.State == stUnknown:
 		why = fmt.Sprintf("its global's outcome is unknown (%s)", rec.Error)
+	case commit && rec.State == stUndecided:
+		why = fmt.Sprintf("its global %s is undecided: with no decision it is presumed aborted and its branches roll back (dtx rollback fences it first)", p.Global)
 	case commit:
-		why = fmt.Sprintf("its global %s is %s: it must roll back", p.Global, rec.State)
+		why = fmt.Sprintf("its global %s is aborted: no branch of it may commit", p.Global)
 	default:
 		why = fmt.Sprintf("its global %s is decided to commit: its other branches commit, so rolling this one back breaks the global", p.Global)
 	}
