@@ -103,8 +103,12 @@ func finish(ctx context.Context, o *options, out *output, commit bool) error {
 			res.Warning = "no --store: the forced outcome is recorded nowhere; record it yourself"
 			return report(nil)
 		}
+		against := res.StateBefore
+		if res.Fenced {
+			against += " (fenced with an abort by this command)"
+		}
 		detail := fmt.Sprintf("dtx CLI: branch %s on %s %s by an operator (--force) against the global's %s state, at %s by %s",
-			name, p.Database, res.Action, res.StateBefore, time.Now().UTC().Format(time.RFC3339), operator())
+			name, p.Database, res.Action, against, time.Now().UTC().Format(time.RFC3339), operator())
 		if err := st.heuristic(ctx, p.Global, detail); err != nil {
 			return report(fmt.Errorf("dtx: %s was %s, but recording it failed; record it yourself: %w", name, res.Action, err))
 		}

@@ -696,3 +696,65 @@ func TestFileStore(t *testing.T) {
 		t.Errorf("gU not aborted in the file: %v %v", d, err)
 	}
 }
+
+// TestSQLStore: --store sql: reads and writes a table in a database that
+// is not one of the --db ones (here MariaDB, through the plain driver).
+func TestSQLStore(t *testing.T) {
+	e := newEnv(t)
+	raw, err := sql.Open("mysql", myDSN())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	table := "dtx_cli_store_" + randHex(4)
+	l, err := dtx.OpenSQLLog(e.ctx, raw, table)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.ExecContext(e.ctx, "DROP TABLE IF EXISTS "+table)
+	hourAgo := time.Now().Add(-time.Hour)
+	gD, gU := uuidv7At(hourAgo), uuidv7At(hourAgo)
+	e.prepare(e.pg, e.branch(gD, 0), false)
+	e.prepare(e.pg, e.branch(gU, 0), false)
+	if err := l.Decide(e.ctx, dtx.Decision{Global: gD, Node: e.node, At: time.Now(),
+		Branches: []dtx.BranchRef{{Resource: "pg", Name: e.branch(gD, 0)}}}); err != nil {
+		t.Fatal(err)
+	}
+	args := []string{"--db", "pg=postgres:" + pgDSN(), "--store", "sql:mysql:" + myDSN() + "#" + table}
+	r := cli(t, nil, append([]string{"list", "--node", e.node, "--json"}, args...)...)
+	want(t, r, exitInDoubt)
+	m := byName(decode[jsonList](t, r))
+	if m[e.branch(gD, 0)].State != stDecided || m[e.branch(gU, 0)].State != stUndecided {
+		t.Errorf("%+v", m)
+	}
+	want(t, cli(t, nil, append([]string{"rollback", e.branch(gD, 0)}, args...)...), exitError)
+	want(t, cli(t, nil, append([]string{"commit", e.branch(gD, 0)}, args...)...), exitOK)
+	want(t, cli(t, nil, append([]string{"rollback", e.branch(gU, 0)}, args...)...), exitOK)
+	if d, err := l.Abort(e.ctx, gU); err != nil || d != nil {
+		t.Errorf("gU not aborted in the table: %v %v", d, err)
+	}
+}
+
+// TestForceCommitUndecided: a forced commit of an undecided global's branch
+// fences the global first, so the heuristic lands on its abort row.
+func TestForceCommitUndecided(t *testing.T) {
+	e := newEnv(t)
+	g := uuidv7At(time.Now().Add(-time.Hour))
+	e.prepare(e.my, e.branch(g, 0), false)
+	r := e.run("commit", e.branch(g, 0), "--force", "--json")
+	want(t, r, exitOK)
+	f := decode[finishResult](t, r)
+	if f.Action != "committed" || !f.Forced || !f.Fenced || f.StateBefore != stUndecided {
+		t.Errorf("%+v", f)
+	}
+	if !e.committed(e.my, e.branch(g, 0)) {
+		t.Error("not committed")
+	}
+	hs, _ := e.log.Heuristics(e.ctx)
+	if !strings.Contains(hs[g], "committed") {
+		t.Errorf("heuristic %q", hs[g])
+	}
+	if err := e.log.Decide(e.ctx, dtx.Decision{Global: g, Node: e.node, At: time.Now()}); !errors.Is(err, dtx.ErrAborted) {
+		t.Errorf("Decide after the fence: %v", err)
+	}
+}
