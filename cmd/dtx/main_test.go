@@ -758,3 +758,32 @@ func TestForceCommitUndecided(t *testing.T) {
 		t.Errorf("Decide after the fence: %v", err)
 	}
 }
+
+// TestStoreMissing: a store that is not there is never created by a write
+// (an empty one would make decided globals look undecided).
+func TestStoreMissing(t *testing.T) {
+	e := newEnv(t)
+	g := uuidv7At(time.Now().Add(-time.Hour))
+	e.prepare(e.pg, e.branch(g, 0), false)
+	dir := filepath.Join(t.TempDir(), "typo")
+	for _, st := range []string{"file:" + dir, "resource:pg:dtx_cli_nosuch_" + randHex(4)} {
+		args := []string{"--db", "pg=postgres:" + pgDSN(), "--store", st}
+		r := cli(t, nil, append([]string{"list", "--node", e.node, "--json"}, args...)...)
+		want(t, r, exitInDoubt)
+		if p := decode[jsonList](t, r).Prepared; len(p) != 1 || p[0].State != stUnknown {
+			t.Errorf("%+v", p)
+		}
+		r = cli(t, nil, append([]string{"recover", "--node", e.node}, args...)...)
+		want(t, r, exitError)
+		if !strings.Contains(r.stderr, "creates none") {
+			t.Errorf("stderr %q", r.stderr)
+		}
+		want(t, cli(t, nil, append([]string{"rollback", e.branch(g, 0)}, args...)...), exitError)
+	}
+	if _, err := os.Stat(dir); err == nil {
+		t.Error("the CLI created the FileLog directory")
+	}
+	if !e.stillPrepared(e.branch(g, 0)) {
+		t.Error("finished")
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"database/sql"
 	"encoding/hex"
+	"log/slog"
 	"strings"
 
 	"github.com/dtx-go/dtx"
@@ -64,6 +65,9 @@ func cmdRecover(ctx context.Context, o *options, out *output) error {
 		Node:            node,
 		AbandonAge:      o.abandonAge,
 		RecoverInterval: -1,
+		// Warnings only (a store that may lose decisions, decisions
+		// kept for branches it cannot see): the report says the rest.
+		Logger: slog.New(slog.NewTextHandler(out.errw, &slog.HandlerOptions{Level: slog.LevelWarn})),
 	})
 	if err != nil {
 		return err

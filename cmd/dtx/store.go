@@ -6,6 +6,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -213,6 +215,9 @@ func (s *store) writable(ctx context.Context) (dtx.Log, error) {
 	if s.rw != nil {
 		return s.rw, nil
 	}
+	if err := s.exists(ctx); err != nil {
+		return nil, err
+	}
 	switch s.kind {
 	case "file":
 		l, err := dtx.OpenFileLog(s.dir)
@@ -228,6 +233,24 @@ func (s *store) writable(ctx context.Context) (dtx.Log, error) {
 		s.rw = l
 	}
 	return s.rw, nil
+}
+
+// exists checks that the store is there before it is opened for writing:
+// OpenFileLog and OpenSQLLog create an empty one, and with a mistyped
+// --store an empty store makes every decided global look undecided, which
+// a recovery pass would abort.
+func (s *store) exists(ctx context.Context) error {
+	if s.kind == "file" {
+		if _, err := os.Stat(filepath.Join(s.dir, "dtx.log")); err != nil {
+			return fmt.Errorf("dtx: store %s: no decision log there (%w); the CLI creates none: an empty store would make every decided global look undecided", s.desc, err)
+		}
+		return nil
+	}
+	var n int
+	if err := s.db.QueryRowContext(ctx, "SELECT COUNT(*) FROM "+s.table+" WHERE 1 = 0").Scan(&n); err != nil {
+		return fmt.Errorf("dtx: store %s: cannot read table %s (%w); the CLI creates none: an empty store would make every decided global look undecided", s.desc, s.table, err)
+	}
+	return nil
 }
 
 // abort fences global: afterwards no decision can be written for it. It
