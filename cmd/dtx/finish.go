@@ -44,16 +44,11 @@ func finish(ctx context.Context, o *options, out *output, commit bool) error {
 	if err := dtx.ValidateName(name); err != nil {
 		return usageError{err.Error()}
 	}
-	dbs, closeDBs, err := openDBs(o.dbs)
+	dbs, st, closeAll, err := openAll(o)
 	if err != nil {
 		return err
 	}
-	defer closeDBs()
-	st, err := openStore(o.store, dbs)
-	if err != nil {
-		return err
-	}
-	defer st.close()
+	defer closeAll()
 	p, err := locate(ctx, dbs, name)
 	if err != nil {
 		return err

@@ -114,16 +114,11 @@ type listResult struct {
 
 // cmdList: exit 3 when anything is listed, so that a cron job alerts.
 func cmdList(ctx context.Context, o *options, out *output) error {
-	dbs, closeDBs, err := openDBs(o.dbs)
+	dbs, st, closeAll, err := openAll(o)
 	if err != nil {
 		return err
 	}
-	defer closeDBs()
-	st, err := openStore(o.store, dbs)
-	if err != nil {
-		return err
-	}
-	defer st.close()
+	defer closeAll()
 	all, errs := collect(ctx, dbs)
 	res := listResult{Prepared: []*prepared{}}
 	for _, p := range all {

@@ -33,16 +33,11 @@ func cmdRecover(ctx context.Context, o *options, out *output) error {
 	if o.node != "" && !validNode(o.node) {
 		return usagef("--node %q: 1 to 20 bytes of letters, digits and -", o.node)
 	}
-	dbs, closeDBs, err := openDBs(o.dbs)
+	dbs, st, closeAll, err := openAll(o)
 	if err != nil {
 		return err
 	}
-	defer closeDBs()
-	st, err := openStore(o.store, dbs)
-	if err != nil {
-		return err
-	}
-	defer st.close()
+	defer closeAll()
 	log, err := st.writable(ctx)
 	if err != nil {
 		return err

@@ -41,16 +41,11 @@ func cmdShow(ctx context.Context, o *options, out *output) error {
 	default:
 		res.Name = arg
 	}
-	dbs, closeDBs, err := openDBs(o.dbs)
+	dbs, st, closeAll, err := openAll(o)
 	if err != nil {
 		return err
 	}
-	defer closeDBs()
-	st, err := openStore(o.store, dbs)
-	if err != nil {
-		return err
-	}
-	defer st.close()
+	defer closeAll()
 	all, errs := collect(ctx, dbs)
 	for _, e := range errs {
 		res.Errors = append(res.Errors, e.Error())

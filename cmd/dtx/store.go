@@ -50,6 +50,21 @@ type record struct {
 	Error     string          `json:"error,omitempty"` // why the state is unknown
 }
 
+// openAll opens the databases and the store every command works on; the
+// function it returns closes both.
+func openAll(o *options) ([]*database, *store, func(), error) {
+	dbs, closeDBs, err := openDBs(o.dbs)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	st, err := openStore(o.store, dbs)
+	if err != nil {
+		closeDBs()
+		return nil, nil, nil, err
+	}
+	return dbs, st, func() { st.close(); closeDBs() }, nil
+}
+
 // openStore parses spec: resource:<db>[:table], file:<dir> or
 // sql:<driver:DSN>[#table]. An empty spec is no store (nil).
 func openStore(spec string, dbs []*database) (*store, error) {
