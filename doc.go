@@ -162,11 +162,12 @@
 //   - [ErrOutcomeUnknown]: dtx sent PREPARE, COMMIT or ROLLBACK but could not
 //     learn whether it took effect (the connection broke). Nothing is
 //     reported as done; list the prepared transactions to decide.
-//   - [ErrRolledBack]: a one-phase commit of the [Coordinator] was refused.
+//   - [ErrRolledBack]: a [Coordinator] global was rolled back (fn failed, a
+//     vote failed, ctx ended before the decision, or it was fenced off).
 //   - [ErrNotDTX]: the *sql.DB was not opened through a dtx driver.
 //
 // The [Coordinator] has sentinels of its own: [ErrPending], [ErrHeuristic],
-// [ErrLogCorrupt], [ErrLogClosed].
+// [ErrLogCorrupt], [ErrLogClosed], [ErrAborted], [ErrNotDecided].
 //
 // # MariaDB and MySQL: held sessions
 //
@@ -202,18 +203,21 @@
 // # One global transaction over several databases
 //
 // A [Coordinator] commits one global transaction in every database it spans
-// or in none, whatever crashes when. Each [Global.Begin] gives an ordinary
-// *sql.Tx, a branch; when the function given to [Coordinator.Do] returns nil
-// every branch is prepared in parallel, the commit decision is written to a
-// [Log] ([OpenFileLog], or [OpenSQLLog] when several nodes coordinate) and
-// every branch is committed in parallel. [Coordinator.Recover], run at
-// start-up and periodically, finishes what a crash left: decided branches
-// are committed, undecided ones rolled back after a grace period.
+// or in none, whatever crashes, pauses or loses a connection when. Each
+// [Global.Begin] gives an ordinary *sql.Tx, a branch. When the function
+// given to [Coordinator.Do] returns nil, the other branches are prepared in
+// parallel while the decision row is inserted into one branch (on
+// CoordinatorOptions.DecisionResource); that branch then commits in one
+// phase, and its commit is the decision; the others commit after it. With a
+// [Log] given ([OpenFileLog], [OpenSQLLog]) the decision is written there
+// instead. A decision and an abort race for one key per global, so
+// [Coordinator.Recover] (at start-up and periodically, on any node sharing
+// the store) aborts an undecided global before it rolls anything back, and
+// a paused coordinator can never commit after that.
 //
 //	c, err := dtx.NewCoordinator(dtx.CoordinatorOptions{
-//		Log:       fileLog,
 //		Resources: map[string]*sql.DB{"orders": ordersDB, "billing": billingDB},
-//		Node:      "orders-api-1",
+//		Node:      "orders-api-1", // stable and unique per process
 //	})
 //	err = c.Do(ctx, func(ctx context.Context, g *dtx.Global) error {
 //		otx, err := g.Begin(ctx, "orders", nil)
