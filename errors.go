@@ -34,8 +34,10 @@ var (
 	// Nothing is reported as done; list the database's prepared
 	// transactions to decide.
 	ErrOutcomeUnknown = errors.New("dtx: outcome unknown")
-	// ErrRolledBack: a one-phase commit (a global with a single branch) was
-	// refused and the transaction rolled back.
+	// ErrRolledBack: a Coordinator global was rolled back and nothing of it
+	// committed: fn failed, a branch could not vote, ctx ended or the
+	// timeout passed before the decision, the decision was refused or
+	// fenced off by recovery (ErrAborted), or a one-phase commit was refused.
 	ErrRolledBack = errors.New("dtx: transaction rolled back instead of committed")
 	// ErrNotDTX: the *sql.DB was not opened through a dtx driver.
 	ErrNotDTX = errors.New("dtx: database not opened through a dtx driver")
