@@ -110,6 +110,9 @@ func (c *conn) Unwrap() driver.Conn {
 	return c.parent
 }
 
+// dtxConn lets StatsOf find c (and its connector) through sql.Conn.Raw.
+func (c *conn) dtxConn() *conn { return c }
+
 // attach gives c a parent session again after a prepared branch took its own.
 func (c *conn) attach(ctx context.Context) error {
 	if c.parent != nil {

@@ -20,7 +20,8 @@ type connector struct {
 	drv    *Driver
 	opts   options
 
-	ss sessions // spare parent sessions (MariaDB/MySQL)
+	ss    sessions // spare parent sessions (MariaDB/MySQL)
+	stats counters // StatsOf
 
 	mu     sync.Mutex
 	heldAt map[*entry]time.Time // entries holding a session, since when
@@ -42,7 +43,7 @@ var (
 //
 //	db := sql.OpenDB(dtx.NewConnector(pgConnector, dtx.Postgres))
 func NewConnector(parent driver.Connector, d Dialect, opts ...Option) driver.Connector {
-	drv := &Driver{parent: parent.Driver(), dialect: d, opts: opts}
+	drv := newDriver(parent.Driver(), d, opts)
 	c := newConnector(parent, drv, opts)
 	reg.addConnector(c)
 	return c

@@ -64,9 +64,16 @@ type CoordinatorOptions struct {
 	AsyncCommit bool
 	// OnRecover, when set, receives each background recovery's report.
 	OnRecover func(RecoveryReport, error)
-	// Logger receives what the coordinator does that an operator should
-	// know (recovery actions, outcomes other than commit); nil is silent.
+	// Logger receives what the coordinator does: recovery actions at
+	// Info, pending, heuristic and unknown outcomes at Warn, a line per
+	// phase of each global at Debug (see docs/operations.md). Nil: the
+	// logger set with SetLogger, if any; by default silent.
 	Logger *slog.Logger
+	// Hooks observe the coordinator's globals, their phases and recovery
+	// (see Hooks). Nil: those set with SetHooks, if any. The sessions its
+	// MariaDB/MySQL branches hold are reported to the resources'
+	// connectors' hooks.
+	Hooks *Hooks
 }
 
 // Coordinator runs global transactions over several databases: committed in
@@ -83,7 +90,9 @@ type Coordinator struct {
 	abandon   time.Duration
 	async     bool
 	onRecover func(RecoveryReport, error)
-	logger    *slog.Logger
+	obs       observer
+	systems   map[string]string // resource name: its db.system.name
+	stats     coordCounters
 
 	mu     sync.Mutex
 	active map[string]bool // global ids in flight in this coordinator
@@ -128,7 +137,8 @@ func NewCoordinator(opts CoordinatorOptions) (*Coordinator, error) {
 		abandon:   opts.AbandonAge,
 		async:     opts.AsyncCommit,
 		onRecover: opts.OnRecover,
-		logger:    opts.Logger,
+		obs:       observer{logger: opts.Logger, hooks: opts.Hooks},
+		systems:   map[string]string{},
 		active:    map[string]bool{},
 		forget:    make(chan string, 4096),
 		forgotten: make(chan struct{}),
@@ -136,10 +146,12 @@ func NewCoordinator(opts CoordinatorOptions) (*Coordinator, error) {
 		stopped:   make(chan struct{}),
 	}
 	for name, db := range opts.Resources {
-		if _, err := driverOf(db); err != nil {
+		d, err := driverOf(db)
+		if err != nil {
 			return nil, fmt.Errorf("dtx: resource %q: %w", name, err)
 		}
 		c.names = append(c.names, name)
+		c.systems[name] = systemOf(d.dialect)
 	}
 	sort.Strings(c.names)
 	if c.timeout <= 0 {
@@ -150,9 +162,6 @@ func NewCoordinator(opts CoordinatorOptions) (*Coordinator, error) {
 	}
 	if c.abandon == 0 {
 		c.abandon = 4 * c.timeout
-	}
-	if c.logger == nil {
-		c.logger = slog.New(slog.DiscardHandler)
 	}
 	if err := c.openStore(opts); err != nil {
 		return nil, err
@@ -212,7 +221,7 @@ func (c *Coordinator) openStore(opts CoordinatorOptions) error {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		if w := l.DurabilityWarning(ctx); w != "" {
-			c.logger.Warn(w)
+			c.obs.logAt(ctx, slog.LevelWarn, w)
 		}
 	}
 	return nil
@@ -352,13 +361,42 @@ func (c *Coordinator) Do(ctx context.Context, fn func(ctx context.Context, g *Gl
 	g := &Global{c: c, id: strings.ReplaceAll(u.String(), "-", "")}
 	c.setActive(g.id, true)
 	defer c.setActive(g.id, false)
+	c.stats[gActive].Add(1)
+	defer c.stats[gActive].Add(-1)
+	sp := c.obs.start(ctx, Op{Kind: OpGlobal, Global: g.id})
+	ctx, g.hctx = sp.ctx, sp.ctx
 	tctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
-	if err := g.run(tctx, fn); err != nil {
-		return err
+	err = g.run(tctx, fn)
+	if err == nil {
+		err = g.commit(ctx, tctx)
 	}
-	return g.commit(ctx, tctx)
+	sp.op.Mode, sp.op.Branches = g.mode, g.nb
+	sp.end(err)
+	c.ended(ctx, g, err)
+	return err
 }
+
+// ended counts a global Do is done with, by how it ended, and reports an
+// unknown outcome. Pending and heuristic outcomes are counted and reported
+// by phase two, which knows them first.
+func (c *Coordinator) ended(ctx context.Context, g *Global, err error) {
+	switch {
+	case err == nil && g.mode == ModeTwoPhase:
+		c.stats[gCommitsTwoPhase].Add(1)
+	case err == nil:
+		c.stats[gCommitsOnePhase].Add(1)
+	case errors.Is(err, ErrPending), errors.Is(err, ErrHeuristic):
+	case errors.Is(err, ErrRolledBack):
+		c.stats[gRolledBack].Add(1)
+	case errors.Is(err, ErrOutcomeUnknown):
+		c.stats[gUnknown].Add(1)
+		c.obs.outcome(ctx, Outcome{Kind: OutcomeUnknown, Global: g.id, Err: err})
+	}
+}
+
+// Stats returns the coordinator's counters.
+func (c *Coordinator) Stats() CoordinatorStats { return c.stats.load() }
 
 // healthy refuses new globals while the store is known broken: they would
 // prepare, fail to decide and hold their locks until recovery.
@@ -412,7 +450,7 @@ func (c *Coordinator) forgetLoop() {
 		defer c.recoverMu.Unlock()
 		ctx, cancel := context.WithTimeout(context.Background(), c.timeout)
 		if err := c.log.Forget(ctx, batch...); err != nil {
-			c.logger.Warn("dtx: forgetting finished decisions failed; recovery retries", "globals", len(batch), "err", err)
+			c.obs.logAt(ctx, slog.LevelWarn, "dtx: forgetting finished decisions failed; recovery retries", slog.Int("globals", len(batch)), slog.Any(keyErr, err))
 		}
 		cancel()
 		batch = batch[:0]

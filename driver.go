@@ -25,6 +25,7 @@ type Driver struct {
 	parent  driver.Driver
 	dialect Dialect
 	opts    []Option
+	obs     observer // from WithLogger and WithHooks
 }
 
 var (
@@ -61,9 +62,14 @@ func Register(name string, parent driver.Driver, d Dialect, opts ...Option) {
 	if registered.m == nil {
 		registered.m = make(map[string]*Driver)
 	}
-	drv := &Driver{parent: parent, dialect: d, opts: opts}
+	drv := newDriver(parent, d, opts)
 	sql.Register(name, drv)
 	registered.m[name] = drv
+}
+
+func newDriver(parent driver.Driver, d Dialect, opts []Option) *Driver {
+	o := defaultOptions(opts)
+	return &Driver{parent: parent, dialect: d, opts: opts, obs: observer{logger: o.logger, hooks: o.hooks}}
 }
 
 // sameDriver reports whether a and b are the same parent driver, without

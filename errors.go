@@ -1,6 +1,13 @@
 package dtx
 
-import "errors"
+import (
+	"context"
+	"database/sql/driver"
+	"errors"
+	"io"
+	"net"
+	"strings"
+)
 
 // Errors dtx returns. Test for them with errors.Is: the returned error wraps
 // one of these and, where a server or driver error caused it, that error too.
@@ -42,3 +49,37 @@ var (
 	// ErrNotDTX: the *sql.DB was not opened through a dtx driver.
 	ErrNotDTX = errors.New("dtx: database not opened through a dtx driver")
 )
+
+// Retryable reports whether err's cause is transient, so that trying again
+// may succeed: the same call for a phase two (ErrOutcomeUnknown, ErrNameHeld)
+// or a pending global (ErrPending: recovery retries it), the whole
+// transaction for one rolled back by a deadlock, a serialization failure, a
+// lost connection or a timeout. It is false for nil, for a heuristic
+// outcome (ErrHeuristic: someone must look), for a cancelled context (the
+// caller gave up), and for every error a retry would meet again or that dtx
+// cannot judge (an invalid name, ErrAlreadyFinished, a constraint violation).
+// Hooks and logs report it for every error; see docs/operations.md.
+func Retryable(err error) bool {
+	switch {
+	case err == nil, errors.Is(err, ErrHeuristic), errors.Is(err, context.Canceled):
+		return false
+	case errors.Is(err, ErrPending), errors.Is(err, ErrOutcomeUnknown), errors.Is(err, ErrNameHeld),
+		errors.Is(err, driver.ErrBadConn), errors.Is(err, context.DeadlineExceeded), errors.Is(err, io.ErrUnexpectedEOF):
+		return true
+	}
+	var ne net.Error
+	if errors.As(err, &ne) {
+		return true
+	}
+	switch st := sqlState(err); {
+	case strings.HasPrefix(st, "40"), strings.HasPrefix(st, "08"):
+		// transaction rollback (serialization failure, deadlock);
+		// connection exception
+		return true
+	}
+	switch myErrno(err) {
+	case 1205, 1213: // lock wait timeout; deadlock
+		return true
+	}
+	return false
+}

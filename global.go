@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strconv"
 	"strings"
 	"sync"
@@ -16,6 +17,9 @@ import (
 type Global struct {
 	c        *Coordinator
 	id       string
+	hctx     context.Context // Do's context as Hooks.Start returned it: its phases' parent
+	mode     Mode            // known once fn returned
+	nb       int             // branches begun, once fn returned
 	mu       sync.Mutex
 	branches []*branch
 	closed   bool
@@ -57,14 +61,16 @@ func (g *Global) Begin(ctx context.Context, resource string, opts *sql.TxOptions
 	// hand-written two-phase commit does: released at the prepare, it
 	// would sit idle while the global commits, and a pool at database/sql's
 	// defaults (2 idle) closes such connections and dials new ones.
-	cn, err := db.Conn(ctx)
+	sp := g.c.obs.start(ctx, Op{Kind: OpBegin, Global: g.id, Name: b.name, Resource: resource, System: g.c.systems[resource]})
+	cn, err := db.Conn(sp.ctx)
 	var tx *sql.Tx
 	if err == nil {
-		tx, err = cn.BeginTx(withNameDB(ctx, b.name, db), opts)
+		tx, err = cn.BeginTx(withNameDB(sp.ctx, b.name, db), opts)
 		if err != nil {
 			cn.Close()
 		}
 	}
+	sp.end(err)
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	g.branches[n] = b
@@ -151,6 +157,7 @@ func (g *Global) commit(ctx, tctx context.Context) error {
 		}
 	}()
 	bs := g.live()
+	g.nb = len(bs)
 	var ro, rw []*branch
 	for _, b := range bs {
 		if b.readOnly {
@@ -160,19 +167,30 @@ func (g *Global) commit(ctx, tctx context.Context) error {
 		}
 	}
 	if len(rw) <= 1 {
-		return g.commitOnePhase(tctx, ro, rw)
+		g.mode = ModeOnePhase
+		sp := g.phase(ctx, OpCommit)
+		err := g.commitOnePhase(tctx, ro, rw)
+		sp.end(err)
+		return err
 	}
+	g.mode = ModeTwoPhase
 	decider, others := g.split(rw)
 	d := Decision{Global: g.id, Node: g.c.node, At: time.Now().UTC()}
 	for _, b := range rw {
 		d.Branches = append(d.Branches, BranchRef{Resource: b.resource, Name: b.name})
 	}
 	hook("before-prepare")
-	if err := g.vote(tctx, ro, others, decider, d); err != nil {
+	sp := g.phase(ctx, OpPrepare)
+	err := g.vote(tctx, ro, others, decider, d)
+	sp.end(err)
+	if err != nil {
 		g.rollback(bs)
 		return g.rolledBack(err)
 	}
-	if err := g.decide(ctx, decider, others, d); err != nil {
+	sp = g.phase(ctx, OpDecide)
+	err = g.decide(ctx, decider, others, d)
+	sp.end(err)
+	if err != nil {
 		return err
 	}
 	hook("decided")
@@ -182,7 +200,8 @@ func (g *Global) commit(ctx, tctx context.Context) error {
 	}
 	// Phase two runs to completion under its own deadline, whatever the
 	// caller's ctx does: the outcome is commit already.
-	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), g.c.timeout)
+	sp = g.phase(ctx, OpCommit)
+	pctx, cancel := context.WithTimeout(context.WithoutCancel(sp.ctx), g.c.timeout)
 	if g.c.async {
 		async = true
 		g.c.phase2.Add(1)
@@ -190,14 +209,23 @@ func (g *Global) commit(ctx, tctx context.Context) error {
 			defer g.c.phase2.Done()
 			defer g.release()
 			defer cancel()
-			if err := g.c.commitBranches(pctx, d, refs, g); err != nil {
-				g.c.logger.Warn("dtx: asynchronous phase two incomplete", "global", g.id, "err", err)
+			err := g.c.commitBranches(pctx, d, refs, g)
+			sp.end(err)
+			if err != nil {
+				g.c.obs.logAt(pctx, slog.LevelWarn, "dtx: asynchronous phase two incomplete", slog.String(keyGlobal, g.id), slog.Any(keyErr, err))
 			}
 		}()
 		return nil
 	}
 	defer cancel()
-	return g.c.commitBranches(pctx, d, refs, g)
+	err = g.c.commitBranches(pctx, d, refs, g)
+	sp.end(err)
+	return err
+}
+
+// phase begins observing one phase of g.
+func (g *Global) phase(ctx context.Context, kind OpKind) opSpan {
+	return g.c.obs.start(ctx, Op{Kind: kind, Mode: g.mode, Global: g.id, Branches: g.nb})
 }
 
 // split picks the branch whose one-phase commit is the decision: the first
@@ -334,6 +362,14 @@ func (g *Global) decide(ctx context.Context, decider *branch, others []*branch, 
 // prepared, through their *sql.Tx the others. A prepared branch whose
 // rollback fails stays prepared without a decision: recovery aborts it.
 func (g *Global) rollback(bs []*branch) {
+	if len(bs) == 0 {
+		return
+	}
+	hctx := g.hctx
+	if hctx == nil {
+		hctx = context.Background()
+	}
+	sp := g.phase(hctx, OpRollback)
 	rctx, cancel := cleanupCtx(context.Background())
 	defer cancel()
 	errs := parallel(bs, func(_ int, b *branch) error {
@@ -347,8 +383,10 @@ func (g *Global) rollback(bs []*branch) {
 		}
 		return err
 	})
-	if err := errors.Join(errs...); err != nil {
-		g.c.logger.Warn("dtx: rolling back a global left branches for recovery", "global", g.id, "err", err)
+	err := errors.Join(errs...)
+	sp.end(err)
+	if err != nil {
+		g.c.obs.logAt(sp.ctx, slog.LevelWarn, "dtx: rolling back a global left branches for recovery", slog.String(keyGlobal, g.id), slog.Any(keyErr, err))
 	}
 }
 
@@ -380,12 +418,15 @@ func (c *Coordinator) commitBranches(ctx context.Context, d Decision, refs []Bra
 	if len(gone) > 0 {
 		herr := &HeuristicError{Global: d.Global, Gone: gone, Pending: pending, Err: errors.Join(errs...)}
 		c.log.Heuristic(context.WithoutCancel(ctx), d.Global, herr.Error())
-		c.logger.Warn("dtx: heuristic outcome", "global", d.Global, "gone", gone, "pending", pending)
+		c.stats[gHeuristic].Add(1)
+		c.obs.outcome(ctx, Outcome{Kind: OutcomeHeuristic, Global: d.Global, Branches: gone, Err: herr})
 		return herr
 	}
 	if len(pending) > 0 {
-		c.logger.Warn("dtx: global decided, branches pending for recovery", "global", d.Global, "pending", pending)
-		return &PendingError{Global: d.Global, Pending: pending, Err: errors.Join(errs...)}
+		perr := &PendingError{Global: d.Global, Pending: pending, Err: errors.Join(errs...)}
+		c.stats[gPending].Add(1)
+		c.obs.outcome(ctx, Outcome{Kind: OutcomePending, Global: d.Global, Branches: pending, Err: perr})
+		return perr
 	}
 	hook("before-done")
 	c.forgetLater(d.Global)

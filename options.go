@@ -3,6 +3,7 @@ package dtx
 import (
 	"context"
 	"database/sql/driver"
+	"log/slog"
 	"time"
 )
 
@@ -15,6 +16,8 @@ type options struct {
 	detachGrace time.Duration
 	commandTag  func(ctx context.Context, parent driver.Conn, query string) (string, error)
 	unsearched  bool
+	logger      *slog.Logger
+	hooks       *Hooks
 }
 
 func defaultOptions(opts []Option) options {
@@ -87,4 +90,22 @@ func WithCommandTag(f func(ctx context.Context, parent driver.Conn, query string
 // for test doubles (the dtxtest package uses it).
 func WithoutSearch() Option {
 	return func(o *options) { o.unsearched = true }
+}
+
+// WithLogger gives the connector's named transactions a logger: a Debug
+// line per phase ("dtx: named phase"), a Warn line for an unknown outcome
+// and for a MariaDB/MySQL session released with its branch still prepared.
+// Without it the connector logs to the logger set with SetLogger, if any;
+// by default it is silent. See docs/operations.md for every line.
+func WithLogger(l *slog.Logger) Option {
+	return func(o *options) { o.logger = l }
+}
+
+// WithHooks gives the connector's named transactions and held sessions
+// hooks (see Hooks). Without it the connector uses the hooks set with
+// SetHooks, if any. Operations on a Coordinator's branches go to the
+// Coordinator's hooks, except their held sessions, which are the
+// connector's.
+func WithHooks(h *Hooks) Option {
+	return func(o *options) { o.hooks = h }
 }

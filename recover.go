@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"sort"
 	"sync"
 	"time"
@@ -108,7 +109,11 @@ func (c *Coordinator) Recover(ctx context.Context) (RecoveryReport, error) {
 	sort.Strings(rep.Waiting)
 	sort.Strings(rep.Forgotten)
 	sort.Strings(rep.Unresolved)
-	c.logReport(rep)
+	c.stats[gWaiting].Store(int64(len(rep.Waiting)))
+	c.stats[gUnresolved].Store(int64(len(rep.Unresolved)))
+	if len(rep.Unresolved) > 0 {
+		c.obs.logAt(ctx, slog.LevelWarn, "dtx: recovery keeps decisions with branches it cannot see", slog.Any("unresolved", rep.Unresolved))
+	}
 	return rep, errors.Join(errs...)
 }
 
@@ -175,7 +180,9 @@ func (c *Coordinator) plan(ctx context.Context, global string, fs []found, decid
 	}
 	dec, err := c.log.Abort(ctx, global)
 	if err != nil {
-		return nil, true, fmt.Errorf("dtx: recover: fencing global %s: %w", global, err)
+		err = fmt.Errorf("dtx: recover: fencing global %s: %w", global, err)
+		c.recovered(ctx, RecoveryAction{Kind: RecoverAbort, Global: global, Node: fs[0].node, Err: err})
+		return nil, true, err
 	}
 	if dec != nil {
 		// Decided after the log was read: commit.
@@ -183,7 +190,7 @@ func (c *Coordinator) plan(ctx context.Context, global string, fs []found, decid
 		return c.jobs(global, fs, dec), false, nil
 	}
 	rep.Aborted = append(rep.Aborted, global)
-	c.logger.Info("dtx: recovery aborted an undecided global", "global", global, "node", fs[0].node, "age", age.Round(time.Millisecond))
+	c.recovered(ctx, RecoveryAction{Kind: RecoverAbort, Global: global, Node: fs[0].node}, slog.Duration(keyAge, age.Round(time.Millisecond)))
 	return c.jobs(global, fs, nil), false, nil
 }
 
@@ -226,10 +233,15 @@ func (c *Coordinator) runJobs(ctx context.Context, jobs []recoverJob, open map[s
 		} else {
 			err = RollbackPrepared(ctx, db, j.name)
 		}
+		a := RecoveryAction{Kind: RecoverRollback, Global: j.global, Node: j.node, Name: j.name, Resource: j.resource}
+		if j.commit {
+			a.Kind = RecoverCommit
+		}
 		mu.Lock()
 		defer mu.Unlock()
 		switch {
 		case err == nil, errors.Is(err, ErrUnknownName), j.commit && myErrno(err) == erXARBRollback:
+			c.recovered(ctx, a)
 			// Unknown: finished meanwhile, by Do's phase two or another
 			// node's recovery, the same way (the fence allows no other).
 			// XA_RBROLLBACK on a commit: a read-only branch.
@@ -247,7 +259,9 @@ func (c *Coordinator) runJobs(ctx context.Context, jobs []recoverJob, open map[s
 			if j.commit {
 				verb = "commit"
 			}
-			errs = append(errs, fmt.Errorf("dtx: recover: %s %s: %w", verb, j.name, err))
+			a.Err = fmt.Errorf("dtx: recover: %s %s: %w", verb, j.name, err)
+			errs = append(errs, a.Err)
+			c.recovered(ctx, a)
 		}
 		return struct{}{}
 	})
@@ -290,13 +304,43 @@ func (c *Coordinator) unlisted(d Decision, listed map[string]bool) string {
 	return ""
 }
 
-func (c *Coordinator) logReport(rep RecoveryReport) {
-	if len(rep.Committed)+len(rep.RolledBack) > 0 {
-		c.logger.Info("dtx: recovery finished branches", "committed", rep.Committed, "rolled_back", rep.RolledBack)
+// recovered counts and reports one recovery action: Hooks.Recovery, a line
+// at Info when it was done, at Warn when it failed.
+func (c *Coordinator) recovered(ctx context.Context, a RecoveryAction, extra ...slog.Attr) {
+	switch {
+	case a.Err != nil:
+		c.stats[gRecoveryErrors].Add(1)
+	case a.Kind == RecoverCommit:
+		c.stats[gRecoveredCommits].Add(1)
+	case a.Kind == RecoverRollback:
+		c.stats[gRecoveredRollbacks].Add(1)
+	default:
+		c.stats[gRecoveryAborts].Add(1)
 	}
-	if len(rep.Unresolved) > 0 {
-		c.logger.Warn("dtx: recovery keeps decisions with branches it cannot see", "unresolved", rep.Unresolved)
+	if h := c.obs.hks(); h != nil && h.Recovery != nil {
+		h.Recovery(ctx, a)
 	}
+	l := c.obs.log()
+	if l == nil {
+		return
+	}
+	msg, level := recoveryLines[a.Kind], slog.LevelInfo
+	attrs := append([]slog.Attr{slog.String(keyGlobal, a.Global), slog.String(keyNode, a.Node)}, extra...)
+	if a.Name != "" {
+		attrs = append(attrs, slog.String(keyBranch, a.Name), slog.String(keyResource, a.Resource))
+	}
+	if a.Err != nil {
+		msg, level = "dtx: recovery failed to "+a.Kind.String(), slog.LevelWarn
+		attrs = append(attrs, slog.Bool(keyRetryable, Retryable(a.Err)), slog.Any(keyErr, a.Err))
+	}
+	l.LogAttrs(ctx, level, msg, attrs...)
+}
+
+// recoveryLines are the messages of recovery actions done.
+var recoveryLines = [...]string{
+	RecoverCommit:   "dtx: recovery committed a branch",
+	RecoverRollback: "dtx: recovery rolled back a branch",
+	RecoverAbort:    "dtx: recovery aborted an undecided global",
 }
 
 func sortedKeys[V any](m map[string]V) []string {

@@ -13,7 +13,7 @@ import (
 // reg is the package registry of global names: which are active, which are
 // prepared and where, which were finished (kept for retry-safe finishing),
 // and every connector this process opened, to search after a restart.
-var reg = &registry{names: map[string]*entry{}, connectors: map[*connector]struct{}{}}
+var reg = &registry{names: map[string]*entry{}, connectors: map[*connector]struct{}{}, every: map[*connector]struct{}{}}
 
 // keepFinished is how many finished names the registry remembers, so that
 // finishing one again the same way answers nil.
@@ -34,6 +34,7 @@ type registry struct {
 	names      map[string]*entry
 	finished   []string // oldest first
 	connectors map[*connector]struct{}
+	every      map[*connector]struct{} // connectors too, WithoutSearch ones included (StatsOf)
 }
 
 // entry is one global name. state is guarded by registry.mu; the rest by
@@ -56,18 +57,31 @@ type entry struct {
 // addConnector makes c's database one that a by-name finish searches,
 // unless c was made with WithoutSearch.
 func (r *registry) addConnector(c *connector) {
-	if c.opts.unsearched {
-		return
-	}
 	r.mu.Lock()
-	r.connectors[c] = struct{}{}
-	r.mu.Unlock()
+	defer r.mu.Unlock()
+	r.every[c] = struct{}{}
+	if !c.opts.unsearched {
+		r.connectors[c] = struct{}{}
+	}
 }
 
 func (r *registry) removeConnector(c *connector) {
 	r.mu.Lock()
 	delete(r.connectors, c)
+	delete(r.every, c)
 	r.mu.Unlock()
+}
+
+// connectorOf returns the open connector that knows db as its pool, or nil.
+func (r *registry) connectorOf(db *sql.DB) *connector {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for c := range r.every {
+		if c.db.Load() == db {
+			return c
+		}
+	}
+	return nil
 }
 
 // reserve claims name for a transaction about to begin on c.
@@ -130,13 +144,20 @@ func (r *registry) drop(e *entry) {
 	r.mu.Lock()
 	if r.names[e.name] == e {
 		delete(r.names, e.name)
+		countState(e, e.state, -1)
 	}
 	r.mu.Unlock()
 }
 
+// setState moves e to state s. The Stats gauges count the entries of
+// r.names by state: an entry forgotten meanwhile is not counted again.
 func (r *registry) setState(e *entry, s state) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if r.names[e.name] == e {
+		countState(e, e.state, -1)
+		countState(e, s, 1)
+	}
 	e.state = s
 	if s < stCommitted {
 		return
@@ -249,9 +270,10 @@ func (r *registry) forget(name string) error {
 		return fmt.Errorf("%w: %q is active in this process: end its transaction instead", ErrNameInUse, name)
 	}
 	delete(r.names, name)
+	countState(e, e.state, -1)
 	r.mu.Unlock()
 	if e.c != nil {
-		e.c.releaseLocked(e)
+		e.c.releaseLocked(e, ReleaseForget)
 	}
 	return nil
 }
@@ -269,10 +291,11 @@ type place struct {
 	db    *sql.DB
 	grace time.Duration
 	c     *connector // nil for a database known only by its *sql.DB
+	obs   *observer
 }
 
 func placeOfConnector(c *connector) place {
-	return place{d: c.dialect(), db: c.pool(), grace: c.opts.detachGrace, c: c}
+	return place{d: c.dialect(), db: c.pool(), grace: c.opts.detachGrace, c: c, obs: &c.drv.obs}
 }
 
 func placeOfDB(db *sql.DB) (place, error) {
@@ -280,7 +303,7 @@ func placeOfDB(db *sql.DB) (place, error) {
 	if err != nil {
 		return place{}, err
 	}
-	return place{d: d.dialect, db: db, grace: defaultOptions(d.opts).detachGrace}, nil
+	return place{d: d.dialect, db: db, grace: defaultOptions(d.opts).detachGrace, obs: &d.obs}, nil
 }
 
 // placesOf is where a finished e can be prepared again: where it was, when
@@ -362,7 +385,10 @@ func (r *registry) locate(ctx context.Context, name string, ps []place) (*place,
 
 // finishAt finishes name, prepared in p's database, from another session.
 func (r *registry) finishAt(ctx context.Context, p place, name string, commit bool) error {
-	if err := p.d.finish(ctx, p.db, name, commit, time.Time{}, p.grace); err != nil {
+	sp := p.obs.startNamed(ctx, finishKind(commit), name, p.d)
+	err := p.d.finish(ctx, p.db, name, commit, time.Time{}, p.grace)
+	p.obs.endNamed(&sp, p.c, finishKind(commit), name, err)
+	if err != nil {
 		return err
 	}
 	r.remember(name, p, commit)
@@ -385,13 +411,26 @@ func (r *registry) remember(name string, p place, commit bool) {
 
 // phaseTwo finishes e, which is prepared; e.mu is held.
 func (c *connector) phaseTwo(ctx context.Context, e *entry, commit bool) error {
+	if e.held == nil && c.isClosed() {
+		return reg.search(ctx, e.name, commit) // observed where it is found
+	}
+	o := &c.drv.obs
+	sp := o.startNamed(ctx, finishKind(commit), e.name, c.dialect())
+	err := c.phaseTwoOn(ctx, e, commit)
+	o.endNamed(&sp, c, finishKind(commit), e.name, err)
+	return err
+}
+
+// phaseTwoOn is phaseTwo on the session e holds, or from c's pool.
+func (c *connector) phaseTwoOn(ctx context.Context, e *entry, commit bool) error {
 	d := c.dialect()
 	if s := e.held; s != nil {
 		err := d.finishHeld(ctx, s, e.name, commit)
 		if err == nil {
 			e.timer.Stop()
 			e.held = nil
-			if c.unhold(e) {
+			if at, ok := c.unhold(e); ok {
+				c.heldEnded(SessionEvent{Kind: SessionFinished, Name: e.name, HeldFor: time.Since(at)})
 				c.ss.recycle(s)
 			} else {
 				c.ss.closeSession(s)
@@ -400,12 +439,9 @@ func (c *connector) phaseTwo(ctx context.Context, e *entry, commit bool) error {
 		}
 		if errors.Is(err, ErrOutcomeUnknown) {
 			e.unsure = true
-			c.releaseLocked(e)
+			c.releaseLocked(e, ReleaseUnknown)
 		}
 		return err
-	}
-	if c.isClosed() {
-		return reg.search(ctx, e.name, commit)
 	}
 	err := d.finish(ctx, c.pool(), e.name, commit, e.detached, c.opts.detachGrace)
 	if errors.Is(err, ErrOutcomeUnknown) {
@@ -420,7 +456,7 @@ func (c *connector) phaseTwo(ctx context.Context, e *entry, commit bool) error {
 func (c *connector) hold(e *entry, s driver.Conn) {
 	e.mu.Lock()
 	e.held = s
-	e.timer = time.AfterFunc(c.opts.holdTimeout, func() { c.release(e) })
+	e.timer = time.AfterFunc(c.opts.holdTimeout, func() { c.release(e, ReleaseTimeout) })
 	e.mu.Unlock()
 	c.mu.Lock()
 	if c.heldAt == nil {
@@ -428,40 +464,57 @@ func (c *connector) hold(e *entry, s driver.Conn) {
 	}
 	c.heldAt[e] = time.Now()
 	c.ss.holding(1)
+	count(c, cHeld, 1)
 	var victim *entry
+	reason := ReleaseLimit
 	if len(c.heldAt) > c.opts.holdLimit || c.closed {
 		for h, at := range c.heldAt {
 			if victim == nil || at.Before(c.heldAt[victim]) {
 				victim = h
 			}
 		}
+		if c.closed {
+			reason = ReleaseClosed
+		}
 	}
 	c.mu.Unlock()
+	if h := c.drv.obs.hks(); h != nil && h.Session != nil {
+		h.Session(context.Background(), SessionEvent{Kind: SessionHeld, Name: e.name})
+	}
 	if victim != nil {
-		c.release(victim)
+		c.release(victim, reason)
 	}
 }
 
-// unhold forgets that e holds a session and reports whether it did; the
-// caller recycles or closes the session.
-func (c *connector) unhold(e *entry) bool {
+// heldEnded counts a held session no longer held and reports ev.
+func (c *connector) heldEnded(ev SessionEvent) {
+	count(c, cHeld, -1)
+	if ev.Kind == SessionReleased {
+		count(c, cReleased, 1)
+	}
+	c.drv.obs.session(ev)
+}
+
+// unhold forgets that e holds a session and reports whether it did, and
+// since when; the caller recycles or closes the session.
+func (c *connector) unhold(e *entry) (time.Time, bool) {
 	c.mu.Lock()
-	_, ok := c.heldAt[e]
+	at, ok := c.heldAt[e]
 	delete(c.heldAt, e)
 	c.mu.Unlock()
-	return ok
+	return at, ok
 }
 
 // release closes the session e's branch is bound to. The branch stays
 // prepared on the server, detached; phase two then runs from another
-// session after the detach grace.
-func (c *connector) release(e *entry) {
+// session after the detach grace. reason says why (ReleaseTimeout, ...).
+func (c *connector) release(e *entry, reason string) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	c.releaseLocked(e)
+	c.releaseLocked(e, reason)
 }
 
-func (c *connector) releaseLocked(e *entry) {
+func (c *connector) releaseLocked(e *entry, reason string) {
 	if e.held == nil {
 		return
 	}
@@ -469,8 +522,9 @@ func (c *connector) releaseLocked(e *entry) {
 	c.ss.closeSession(e.held)
 	e.held = nil
 	e.detached = time.Now()
-	if c.unhold(e) {
+	if at, ok := c.unhold(e); ok {
 		c.ss.holding(-1)
+		c.heldEnded(SessionEvent{Kind: SessionReleased, Name: e.name, Reason: reason, HeldFor: e.detached.Sub(at)})
 	}
 }
 
@@ -483,7 +537,7 @@ func (c *connector) releaseAll() {
 	}
 	c.mu.Unlock()
 	for _, e := range es {
-		c.release(e)
+		c.release(e, ReleaseClosed)
 	}
 }
 

@@ -35,11 +35,14 @@ func (c *conn) beginNamed(ctx context.Context, n *named, opts driver.TxOptions) 
 		return nil, err
 	}
 	c.c.learn(n.db)
-	if err := c.attach(ctx); err != nil {
-		reg.drop(e)
-		return nil, err
+	o := &c.c.drv.obs
+	sp := o.startNamed(ctx, OpBegin, name, c.c.dialect())
+	err = c.attach(ctx)
+	if err == nil {
+		err = c.c.dialect().begin(ctx, c, name, opts)
 	}
-	if err := c.c.dialect().begin(ctx, c, name, opts); err != nil {
+	sp.end(err)
+	if err != nil {
 		reg.drop(e)
 		return nil, err
 	}
@@ -61,6 +64,8 @@ func (t *tx) Commit() error {
 		reg.drop(t.e)
 		return err
 	}
+	o := &t.c.c.drv.obs
+	sp := o.startNamed(t.ctx, OpPrepare, t.e.name, t.c.c.dialect())
 	held, err := t.c.c.dialect().prepare(ctx, t.c, t.e.name)
 	switch {
 	case err == nil:
@@ -70,6 +75,7 @@ func (t *tx) Commit() error {
 	default:
 		reg.drop(t.e)
 	}
+	o.endNamed(&sp, t.c.c, OpPrepare, t.e.name, err)
 	return err
 }
 
@@ -79,7 +85,10 @@ func (t *tx) Commit() error {
 func (t *tx) Rollback() error {
 	ctx, cancel := cleanupCtx(t.ctx)
 	defer cancel()
+	o := &t.c.c.drv.obs
+	sp := o.startNamed(t.ctx, OpRollback, t.e.name, t.c.c.dialect())
 	err := t.c.c.dialect().abort(ctx, t.c, t.e.name)
 	reg.drop(t.e)
+	sp.end(err)
 	return err
 }
