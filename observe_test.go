@@ -653,3 +653,31 @@ func TestRetryable(t *testing.T) {
 		}
 	}
 }
+
+// TestStatsOf: a database dtx has not learned yet is found through one of
+// its connections; a database not opened through dtx is refused.
+func TestStatsOf(t *testing.T) {
+	s := servers()[0]
+	db := open(t, s, s.wrapped)
+	name := names(t, s) + "s"
+	ctx := context.Background()
+	tx, err := db.BeginTx(dtx.WithName(ctx, name), nil) // WithName: the pool is not learned
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tx.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	if st := statsOf(t, db); st.Prepared != 1 {
+		t.Errorf("stats while prepared: %+v", st)
+	}
+	if err := dtx.CommitDistributed(ctx, name); err != nil {
+		t.Fatal(err)
+	}
+	if st := statsOf(t, db); st.Prepared != 0 || st.Commits != 1 {
+		t.Errorf("stats after commit: %+v", st)
+	}
+	if _, err := dtx.StatsOf(ctx, open(t, s, s.raw)); !errors.Is(err, dtx.ErrNotDTX) {
+		t.Errorf("StatsOf a raw database: %v", err)
+	}
+}
