@@ -99,6 +99,39 @@ func BenchmarkOverhead(b *testing.B) {
 				b.Fatal(err)
 			}
 		}},
+		// A named transaction's whole cycle: dtx.BeginDistributed and
+		// dtx.CommitDistributed against the same statements sent by hand
+		// (BEGIN, INSERT, PREPARE TRANSACTION, COMMIT PREPARED). dtx also
+		// sends SELECT 1 before the prepare: the fake reports no command
+		// tag (see WithCommandTag).
+		{"NamedCycle", func(b *testing.B, db *sql.DB, _ *sql.Stmt) {
+			if db.Driver() == (ovDriver{}) {
+				c, err := db.Conn(ctx)
+				if err != nil {
+					b.Fatal(err)
+				}
+				for _, q := range []string{"BEGIN", "INSERT INTO t VALUES (1)", "PREPARE TRANSACTION 'ov'"} {
+					if _, err := c.ExecContext(ctx, q); err != nil {
+						b.Fatal(err)
+					}
+				}
+				c.Close()
+				if _, err := db.ExecContext(ctx, "COMMIT PREPARED 'ov'"); err != nil {
+					b.Fatal(err)
+				}
+				return
+			}
+			err := dtx.BeginDistributed(ctx, db, "ov", func(tx *sql.Tx) error {
+				_, err := tx.ExecContext(ctx, "INSERT INTO t VALUES (1)")
+				return err
+			})
+			if err == nil {
+				err = dtx.CommitDistributed(ctx, "ov")
+			}
+			if err != nil {
+				b.Fatal(err)
+			}
+		}},
 		{"TxExec", func(b *testing.B, db *sql.DB, _ *sql.Stmt) {
 			tx, err := db.BeginTx(ctx, nil)
 			if err != nil {
