@@ -231,6 +231,19 @@
 // sends per dialect, and a registry kept to the test (see [WithDatabases],
 // [WithoutSearch] and [Forget], which it uses).
 //
+// # Logs, metrics and traces
+//
+// dtx is silent unless given a *slog.Logger ([SetLogger] for the process,
+// [WithLogger] per database, CoordinatorOptions.Logger): recovery actions at
+// Info, pending, heuristic and unknown outcomes and released MariaDB
+// sessions at Warn, a line per phase at Debug. [Hooks] ([SetHooks],
+// [WithHooks], CoordinatorOptions.Hooks) see each operation start and end,
+// recovery actions, outcomes and held sessions; the nested module
+// github.com/dtx-go/dtx/otel implements them with OpenTelemetry.
+// [ProcessStats], [StatsOf] and [Coordinator.Stats] are in-process counters.
+// Unset, logs and hooks cost nothing. docs/operations.md lists the lines and
+// metrics.
+//
 // # Other drivers and connectors
 //
 // [Register] wraps any driver.Driver under a new name, with a dialect,
