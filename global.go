@@ -19,7 +19,7 @@ type Global struct {
 	id       string
 	hctx     context.Context // Do's context as Hooks.Start returned it: its phases' parent
 	mode     Mode            // known once fn returned
-	nb       int             // branches begun, once fn returned
+	nb       int             // branches begun, once fn returned (live)
 	mu       sync.Mutex
 	branches []*branch
 	closed   bool
@@ -144,6 +144,7 @@ func (g *Global) live() []*branch {
 			bs = append(bs, b)
 		}
 	}
+	g.nb = len(bs)
 	return bs
 }
 
@@ -157,7 +158,6 @@ func (g *Global) commit(ctx, tctx context.Context) error {
 		}
 	}()
 	bs := g.live()
-	g.nb = len(bs)
 	var ro, rw []*branch
 	for _, b := range bs {
 		if b.readOnly {
