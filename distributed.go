@@ -127,7 +127,7 @@ func finishPrepared(ctx context.Context, db *sql.DB, name string, commit bool) e
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("dtx: %q not finished, nothing was sent: %w", name, err)
 	}
-	p := place{d: d.dialect, db: db, grace: defaultOptions(d.opts).detachGrace, obs: &d.obs}
+	p := place{d: d.dialect, db: db, grace: defaultOptions(d.opts).detachGrace}
 	return reg.finishAt(ctx, p, name, commit)
 }
 

@@ -291,11 +291,26 @@ type place struct {
 	db    *sql.DB
 	grace time.Duration
 	c     *connector // nil for a database known only by its *sql.DB
-	obs   *observer
 }
 
+// observer is where p's logs and hooks go: its connector's, else its
+// driver's (a place is copied into every remembered entry, so it keeps no
+// pointer of its own for this).
+func (p place) observer() *observer {
+	if p.c != nil {
+		return &p.c.drv.obs
+	}
+	if d, err := driverOf(p.db); err == nil {
+		return &d.obs
+	}
+	return &silent
+}
+
+// silent observes nothing but the process defaults.
+var silent observer
+
 func placeOfConnector(c *connector) place {
-	return place{d: c.dialect(), db: c.pool(), grace: c.opts.detachGrace, c: c, obs: &c.drv.obs}
+	return place{d: c.dialect(), db: c.pool(), grace: c.opts.detachGrace, c: c}
 }
 
 func placeOfDB(db *sql.DB) (place, error) {
@@ -303,7 +318,7 @@ func placeOfDB(db *sql.DB) (place, error) {
 	if err != nil {
 		return place{}, err
 	}
-	return place{d: d.dialect, db: db, grace: defaultOptions(d.opts).detachGrace, obs: &d.obs}, nil
+	return place{d: d.dialect, db: db, grace: defaultOptions(d.opts).detachGrace}, nil
 }
 
 // placesOf is where a finished e can be prepared again: where it was, when
@@ -385,9 +400,10 @@ func (r *registry) locate(ctx context.Context, name string, ps []place) (*place,
 
 // finishAt finishes name, prepared in p's database, from another session.
 func (r *registry) finishAt(ctx context.Context, p place, name string, commit bool) error {
-	sp := p.obs.startNamed(ctx, finishKind(commit), name, p.d)
+	o := p.observer()
+	sp := o.startNamed(ctx, finishKind(commit), name, p.d)
 	err := p.d.finish(ctx, p.db, name, commit, time.Time{}, p.grace)
-	p.obs.endNamed(&sp, p.c, finishKind(commit), name, err)
+	o.endNamed(&sp, p.c, finishKind(commit), name, err)
 	if err != nil {
 		return err
 	}
