@@ -28,7 +28,7 @@ func init() {
 // dtx builds each line.
 type enabledDiscard struct{ slog.Handler }
 
-func (enabledDiscard) Enabled(context.Context, slog.Level) bool { return true }
+func (enabledDiscard) Enabled(context.Context, slog.Level) bool  { return true }
 func (enabledDiscard) Handle(context.Context, slog.Record) error { return nil }
 func (h enabledDiscard) WithAttrs([]slog.Attr) slog.Handler      { return h }
 func (h enabledDiscard) WithGroup(string) slog.Handler           { return h }

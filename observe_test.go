@@ -36,8 +36,8 @@ type logRec struct {
 }
 
 func (h *logRec) Enabled(context.Context, slog.Level) bool { return true }
-func (h *logRec) WithAttrs([]slog.Attr) slog.Handler        { return h }
-func (h *logRec) WithGroup(string) slog.Handler             { return h }
+func (h *logRec) WithAttrs([]slog.Attr) slog.Handler       { return h }
+func (h *logRec) WithGroup(string) slog.Handler            { return h }
 func (h *logRec) Handle(_ context.Context, r slog.Record) error {
 	l := logLine{level: r.Level, msg: r.Message, attrs: map[string]any{}}
 	r.Attrs(func(a slog.Attr) bool {

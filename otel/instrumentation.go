@@ -46,8 +46,8 @@ type Instrumentation struct {
 	hooks  *dtx.Hooks
 	reg    metric.Registration
 
-	commitDur, opDur                  metric.Float64Histogram
-	released, recovery                metric.Int64Counter
+	commitDur, opDur                   metric.Float64Histogram
+	released, recovery                 metric.Int64Counter
 	pending, heuristic, unknownOutcome metric.Int64Counter
 }
 
