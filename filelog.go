@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 )
@@ -301,6 +302,9 @@ func (l *FileLog) writableLocked() error {
 
 // Decide implements Log: it returns once the decision is fsynced.
 func (l *FileLog) Decide(ctx context.Context, d Decision) error {
+	if err := validDecision(d); err != nil {
+		return err
+	}
 	rec, err := record('D', d)
 	if err != nil {
 		return fmt.Errorf("%w: global %s: %w", ErrNotDecided, d.Global, err)
@@ -338,6 +342,9 @@ func (l *FileLog) Decide(ctx context.Context, d Decision) error {
 // Abort implements Log: it returns once the abort is fsynced, or returns the
 // decision when the global was decided first.
 func (l *FileLog) Abort(ctx context.Context, global string) (*Decision, error) {
+	if err := checkID("global", global); err != nil {
+		return nil, err
+	}
 	rec, err := record('A', forgetRec{Global: global})
 	if err != nil {
 		return nil, fmt.Errorf("dtx: file log: abort of global %s: %w", global, err)
@@ -397,9 +404,14 @@ func (l *FileLog) Forget(ctx context.Context, globals ...string) error {
 	return nil // the writer that is flushing writes them
 }
 
-// Heuristic implements Log; heuristic records survive compaction.
+// Heuristic implements Log; heuristic records survive compaction. A detail
+// that is not valid UTF-8 is kept with each bad byte sequence as U+FFFD: it
+// is text for an operator.
 func (l *FileLog) Heuristic(ctx context.Context, global, detail string) error {
-	h := heuristicRec{Global: global, Detail: detail}
+	if err := checkID("global", global); err != nil {
+		return err
+	}
+	h := heuristicRec{Global: global, Detail: strings.ToValidUTF8(detail, "\uFFFD")}
 	rec, err := record('H', h)
 	if err != nil {
 		return fmt.Errorf("dtx: file log: heuristic of global %s: %w", global, err)

@@ -1,0 +1,167 @@
+package dtx_test
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"net/url"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/dtx-go/dtx"
+	"github.com/go-sql-driver/mysql"
+)
+
+// restrictedUser creates a login with no privilege beyond connecting to s's
+// test database (PostgreSQL: a role with LOGIN, which can CONNECT through
+// PUBLIC but, on PostgreSQL 15, create nothing in schema public; MariaDB:
+// USAGE only), dropped when t ends, and returns its name and a DSN of s that
+// logs in as it. grants are run as the admin before returning, with USER_ in
+// them replaced by the name.
+func restrictedUser(t *testing.T, s server, admin *sql.DB, grants ...string) (user, dsn string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	user = "dtx_ru_" + token()
+	const password = "dtx-ru-pw"
+	if s.kind == "postgres" {
+		if _, err := admin.ExecContext(ctx, "CREATE ROLE "+user+" LOGIN"); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { dropUser(t, admin, "DROP OWNED BY "+user, "DROP ROLE IF EXISTS "+user) })
+		u, err := url.Parse(s.dsn)
+		if err != nil {
+			t.Fatal(err)
+		}
+		u.User = url.UserPassword(user, password)
+		dsn = u.String()
+	} else {
+		account := "'" + user + "'@'127.0.0.1'"
+		if _, err := admin.ExecContext(ctx, "CREATE USER "+account+" IDENTIFIED BY '"+password+"'"); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { dropUser(t, admin, "DROP USER IF EXISTS "+account) })
+		cfg, err := mysql.ParseDSN(s.dsn)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg.User, cfg.Passwd = user, password
+		dsn = cfg.FormatDSN()
+		user = account
+	}
+	for _, g := range grants {
+		if _, err := admin.ExecContext(ctx, strings.ReplaceAll(g, "USER_", user)); err != nil {
+			t.Fatalf("%s: %v", g, err)
+		}
+	}
+	return user, dsn
+}
+
+func dropUser(t *testing.T, admin *sql.DB, stmts ...string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	for _, q := range stmts {
+		if _, err := admin.ExecContext(ctx, q); err != nil {
+			t.Logf("cleanup: %s: %v", q, err)
+		}
+	}
+}
+
+// A user who may read and write the decision table but not create tables
+// opens it: OpenSQLLog looks for the table before it tries to create it
+// (CREATE TABLE IF NOT EXISTS needs the privilege even when the table
+// exists). Without the table, the same user is told to create it, with the
+// statement.
+func TestSQLLogWithoutCreatePrivilege(t *testing.T) {
+	eachServer(t, func(t *testing.T, s server) {
+		if s.label == "pgx" {
+			t.Skip("the same server as postgres")
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		admin := open(t, s, s.raw)
+		table := logTable(t, s)
+		if _, err := dtx.OpenSQLLog(ctx, admin, table); err != nil {
+			t.Fatal(err)
+		}
+		_, dsn := restrictedUser(t, s, admin, "GRANT SELECT, INSERT, UPDATE, DELETE ON "+table+" TO USER_")
+		udb, err := sql.Open(s.raw, dsn)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer udb.Close()
+		if _, err := udb.ExecContext(ctx, "CREATE TABLE "+table+"_probe (x INT)"); err == nil {
+			t.Fatal("the restricted user can create tables: the test proves nothing")
+		}
+		l, err := dtx.OpenSQLLog(ctx, udb, table)
+		if err != nil {
+			t.Fatalf("OpenSQLLog by a user without CREATE, the table existing: %v", err)
+		}
+		d := sqlDecision(1, "nodepriv")
+		if err := l.Decide(ctx, d); err != nil {
+			t.Fatal(err)
+		}
+		checkSQLPending(t, l, "nodepriv", d)
+		if err := l.Forget(ctx, d.Global); err != nil {
+			t.Fatal(err)
+		}
+		checkSQLPending(t, l, "nodepriv")
+
+		missing := table + "_none"
+		_, err = dtx.OpenSQLLog(ctx, udb, missing)
+		if err == nil || !strings.Contains(err.Error(), "create it yourself with CREATE TABLE "+missing) {
+			t.Fatalf("OpenSQLLog of a missing table without CREATE: %v, want the DDL to run", err)
+		}
+		if tableExists(t, s, admin, missing) {
+			t.Fatal("the missing table was created")
+		}
+	})
+}
+
+// The stores keep ids exactly or refuse them: a global, node, resource or
+// branch name that is not UTF-8 is refused before anything is written
+// (JSON and text columns would keep it as another), with ErrInvalidName and
+// ErrNotDecided; on MariaDB, whose table's id columns are ascii, so is a
+// non-ASCII global or node. A UTF-8 global comes back exact on PostgreSQL.
+func TestSQLLogRefusesIdsItCannotKeep(t *testing.T) {
+	eachServer(t, func(t *testing.T, s server) {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		db := open(t, s, s.wrapped)
+		l, err := dtx.OpenSQLLog(ctx, db, logTable(t, s))
+		if err != nil {
+			t.Fatal(err)
+		}
+		bad := []func(d *dtx.Decision){
+			func(d *dtx.Decision) { d.Global += "\xff" },
+			func(d *dtx.Decision) { d.Node = "n\xc3" },
+			func(d *dtx.Decision) { d.Branches[0].Resource = "r\xe2\x82" },
+			func(d *dtx.Decision) { d.Branches[1].Name += "\x80" },
+		}
+		if s.kind == "mysql" {
+			bad = append(bad, func(d *dtx.Decision) { d.Global += "ü" })
+		}
+		for i, f := range bad {
+			d := sqlDecision(i, "nodeutf")
+			f(&d)
+			err := l.Decide(ctx, d)
+			if !errors.Is(err, dtx.ErrInvalidName) || !errors.Is(err, dtx.ErrNotDecided) {
+				t.Errorf("Decide(%q, %q, %+v) = %v, want ErrInvalidName and ErrNotDecided", d.Global, d.Node, d.Branches, err)
+			}
+			if _, err := l.Abort(ctx, d.Global); i == 0 && !errors.Is(err, dtx.ErrInvalidName) {
+				t.Errorf("Abort(%q) = %v, want ErrInvalidName", d.Global, err)
+			}
+		}
+		checkSQLPending(t, l, "nodeutf")
+		if s.kind == "postgres" {
+			d := sqlDecision(9, "nodeutf")
+			d.Global += "-ünï©ødé"
+			d.Branches[0].Resource = "ordres-é"
+			if err := l.Decide(ctx, d); err != nil {
+				t.Fatal(err)
+			}
+			checkSQLPending(t, l, "nodeutf", d)
+		}
+	})
+}
