@@ -29,7 +29,7 @@ func restrictedUser(t *testing.T, s server, admin *sql.DB, grants ...string) (us
 		if _, err := admin.ExecContext(ctx, "CREATE ROLE "+user+" LOGIN"); err != nil {
 			t.Fatal(err)
 		}
-		t.Cleanup(func() { dropUser(t, admin, "DROP OWNED BY "+user, "DROP ROLE IF EXISTS "+user) })
+		t.Cleanup(func() { dropUser(t, s, "DROP OWNED BY "+user, "DROP ROLE IF EXISTS "+user) })
 		u, err := url.Parse(s.dsn)
 		if err != nil {
 			t.Fatal(err)
@@ -41,7 +41,7 @@ func restrictedUser(t *testing.T, s server, admin *sql.DB, grants ...string) (us
 		if _, err := admin.ExecContext(ctx, "CREATE USER "+account+" IDENTIFIED BY '"+password+"'"); err != nil {
 			t.Fatal(err)
 		}
-		t.Cleanup(func() { dropUser(t, admin, "DROP USER IF EXISTS "+account) })
+		t.Cleanup(func() { dropUser(t, s, "DROP USER IF EXISTS "+account) })
 		cfg, err := mysql.ParseDSN(s.dsn)
 		if err != nil {
 			t.Fatal(err)
@@ -58,7 +58,14 @@ func restrictedUser(t *testing.T, s server, admin *sql.DB, grants ...string) (us
 	return user, dsn
 }
 
-func dropUser(t *testing.T, admin *sql.DB, stmts ...string) {
+// dropUser runs stmts on a pool of its own (the test may have closed its).
+func dropUser(t *testing.T, s server, stmts ...string) {
+	admin, err := sql.Open(s.raw, s.dsn)
+	if err != nil {
+		t.Logf("cleanup: %v", err)
+		return
+	}
+	defer admin.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	for _, q := range stmts {
