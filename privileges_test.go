@@ -3,6 +3,7 @@ package dtx_test
 import (
 	"context"
 	"database/sql"
+	"database/sql/driver"
 	"errors"
 	"net/url"
 	"strings"
@@ -59,6 +60,17 @@ func restrictedUser(t *testing.T, s server, admin *sql.DB, grants ...string) (us
 }
 
 // dropUser runs stmts on a pool of its own (the test may have closed its).
+// eachServerOnce is eachServer without pgx, the same server as postgres:
+// for tests of the servers' own rules.
+func eachServerOnce(t *testing.T, f func(t *testing.T, s server)) {
+	eachServer(t, func(t *testing.T, s server) {
+		if s.label == "pgx" {
+			t.Skip("the same server as postgres")
+		}
+		f(t, s)
+	})
+}
+
 func dropUser(t *testing.T, s server, stmts ...string) {
 	admin, err := sql.Open(s.raw, s.dsn)
 	if err != nil {
@@ -81,10 +93,7 @@ func dropUser(t *testing.T, s server, stmts ...string) {
 // exists). Without the table, the same user is told to create it, with the
 // statement.
 func TestSQLLogWithoutCreatePrivilege(t *testing.T) {
-	eachServer(t, func(t *testing.T, s server) {
-		if s.label == "pgx" {
-			t.Skip("the same server as postgres")
-		}
+	eachServerOnce(t, func(t *testing.T, s server) {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
 		admin := open(t, s, s.raw)
@@ -171,4 +180,122 @@ func TestSQLLogRefusesIdsItCannotKeep(t *testing.T) {
 			checkSQLPending(t, l, "nodeutf", d)
 		}
 	})
+}
+
+// Who can finish a prepared branch, measured (docs/reliability.md,
+// Security): on PostgreSQL only the role that prepared it or a superuser
+// (another role gets 42501); on MariaDB any login, even one with nothing
+// but USAGE, can list another's detached branch in XA RECOVER and XA COMMIT
+// it. If a server release changes either, this fails and the note must
+// change with it.
+func TestWhoCanFinishAPreparedBranch(t *testing.T) {
+	eachServerOnce(t, func(t *testing.T, s server) {
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		defer cancel()
+		admin := open(t, s, s.raw)
+		tbl := table(t, s, admin, "k VARCHAR(64)")
+		_, ownerDSN := restrictedUser(t, s, admin, "GRANT SELECT, INSERT ON "+tbl+" TO USER_")
+		_, otherDSN := restrictedUser(t, s, admin)
+		if s.kind == "mysql" { // USAGE only: it may not even use the test's database
+			cfg, err := mysql.ParseDSN(otherDSN)
+			if err != nil {
+				t.Fatal(err)
+			}
+			cfg.DBName = ""
+			otherDSN = cfg.FormatDSN()
+		}
+		name := names(t, s) + "owned"
+		owner, err := sql.Open(s.raw, ownerDSN)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer owner.Close()
+		other, err := sql.Open(s.raw, otherDSN)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer other.Close()
+		if s.kind == "postgres" {
+			c, err := owner.Conn(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, q := range []string{"BEGIN", "INSERT INTO " + tbl + " VALUES ('x')", "PREPARE TRANSACTION '" + name + "'"} {
+				if _, err := c.ExecContext(ctx, q); err != nil {
+					t.Fatalf("%s: %v", q, err)
+				}
+			}
+			c.Close()
+			_, err = other.ExecContext(ctx, "COMMIT PREPARED '"+name+"'")
+			if sqlStateOf(err) != "42501" {
+				t.Fatalf("COMMIT PREPARED by another role: %v, want 42501", err)
+			}
+			if _, err := owner.ExecContext(ctx, "COMMIT PREPARED '"+name+"'"); err != nil {
+				t.Fatalf("COMMIT PREPARED by its owner: %v", err)
+			}
+		} else {
+			c, err := owner.Conn(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var session int64
+			if err := c.QueryRowContext(ctx, "SELECT CONNECTION_ID()").Scan(&session); err != nil {
+				t.Fatal(err)
+			}
+			x := dtx.Xid(name)
+			for _, q := range []string{"XA START " + x, "INSERT INTO " + tbl + " VALUES ('x')", "XA END " + x, "XA PREPARE " + x} {
+				if _, err := c.ExecContext(ctx, q); err != nil {
+					t.Fatalf("%s: %v", q, err)
+				}
+			}
+			c.Raw(func(any) error { return driver.ErrBadConn }) // close the session: the branch detaches
+			c.Close()
+			owner.Close()
+			waitSessionGone(t, admin, session)
+			time.Sleep(time.Second) // past the server's detach race (docs/two-phase.md)
+			listed := false
+			rows, err := other.QueryContext(ctx, "XA RECOVER")
+			if err != nil {
+				t.Fatalf("XA RECOVER by a login with USAGE only: %v", err)
+			}
+			for rows.Next() {
+				var format, gl, bl int
+				var data string
+				if err := rows.Scan(&format, &gl, &bl, &data); err != nil {
+					t.Fatal(err)
+				}
+				listed = listed || data == name
+			}
+			rows.Close()
+			if !listed {
+				t.Error("XA RECOVER by a login with USAGE only does not list another login's branch")
+			}
+			if _, err := other.ExecContext(ctx, "XA COMMIT "+x); err != nil {
+				t.Fatalf("XA COMMIT of another login's branch by a login with USAGE only: %v (the security note says it succeeds)", err)
+			}
+		}
+		if n := count(t, admin, "SELECT count(*) FROM "+tbl); n != 1 {
+			t.Fatalf("%d rows after the commit, want 1", n)
+		}
+	})
+}
+
+func sqlStateOf(err error) string {
+	var e interface{ SQLState() string }
+	if errors.As(err, &e) {
+		return e.SQLState()
+	}
+	return ""
+}
+
+// waitSessionGone waits up to 10 s until MariaDB session id has left the
+// processlist.
+func waitSessionGone(t *testing.T, admin *sql.DB, id int64) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if count(t, admin, "SELECT count(*) FROM information_schema.processlist WHERE id = ?", id) == 0 {
+			return
+		}
+	}
+	t.Fatalf("session %d still open", id)
 }

@@ -49,7 +49,7 @@ func FuzzQuoting(f *testing.F) {
 
 // lexPgString reads one PostgreSQL string constant from the start of s: a
 // plain '...' (backslashes literal when standard_conforming_strings is on,
-// escapes when it is off) or an escape string E'...'; '' is a quote in
+// escapes when it is off) or an escape string E'...'; a doubled quote is a quote in
 // both. It returns the value and what follows the constant.
 func lexPgString(s string, scs bool) (val, rest string, err error) {
 	escapes := !scs
