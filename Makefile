@@ -6,7 +6,7 @@ ifeq ($(CI),true)
 export DTX_REQUIRE_DB=1
 endif
 
-.PHONY: test test-pgx demo bench devdb vet crash
+.PHONY: test test-pgx demo bench devdb vet crash fuzz fuzz-short
 
 devdb:
 	@bash scripts/devdb.sh
@@ -21,6 +21,7 @@ test: devdb vet
 	cd examples/signup && $(GO) vet ./... && $(GO) test -race -count=1 ./...
 	cd otel && $(GO) vet ./... && $(GO) test -race -count=1 ./...
 	$(MAKE) test-pgx
+	$(MAKE) fuzz-short
 
 # The pgx module (package dtxpgx) and, through pgx, every test of named
 # transactions in named_test.go: an overlay links pgx/testdata's file into
@@ -49,3 +50,17 @@ crash: devdb
 	DTX_CRASH_TRIALS=$(DTX_CRASH_TRIALS) $(GO) test -run '^TestCrash$$' -count=1 -timeout 120m -v .
 	DTX_CRASH_MULTI_TRIALS=$(DTX_CRASH_MULTI_TRIALS) DTX_CRASH_MULTI_SECONDS=$(DTX_CRASH_MULTI_SECONDS) \
 		$(GO) test -run '^TestCrashMulti$$' -count=1 -timeout 120m -v .
+
+# Fuzzing (go test -fuzz), FUZZTIME per target; the seed corpora in
+# testdata/fuzz also run as plain tests in make test. FuzzNamesOnServers
+# needs the servers (DTX_PG_DSN, DTX_MYSQL_DSN). FUZZFLAGS e.g. -parallel=1.
+FUZZTIME ?= 1m
+FUZZ_TARGETS = FuzzQuoting FuzzFileLogDecoder FuzzFileLogDamage FuzzDecisionEncoding FuzzNamesOnServers
+fuzz: devdb
+	set -e; for f in $(FUZZ_TARGETS); do \
+		$(GO) test -run '^$$' -fuzz "^$$f\$$" -fuzztime $(FUZZTIME) $(FUZZFLAGS) . ; \
+	done
+
+# The short run make test ends with: a few seconds per target.
+fuzz-short:
+	$(MAKE) fuzz FUZZTIME=3s FUZZFLAGS=-parallel=2

@@ -146,6 +146,9 @@ func NewCoordinator(opts CoordinatorOptions) (*Coordinator, error) {
 		stopped:   make(chan struct{}),
 	}
 	for name, db := range opts.Resources {
+		if err := checkID("resource", name); err != nil {
+			return nil, err // a decision naming it could not be stored exactly
+		}
 		d, err := driverOf(db)
 		if err != nil {
 			return nil, fmt.Errorf("dtx: resource %q: %w", name, err)

@@ -1486,3 +1486,14 @@ func TestCoordinatorCloseInterruptsRecovery(t *testing.T) {
 		t.Errorf("Close took %v while recovery waited for the detach grace", d)
 	}
 }
+
+// A resource name that is not UTF-8 is refused at once: every decision
+// naming it would be refused by the store (it would keep it as another).
+func TestCoordinatorNonUTF8Resource(t *testing.T) {
+	s := servers()[0]
+	db := open(t, s, s.wrapped)
+	_, err := dtx.NewCoordinator(dtx.CoordinatorOptions{Resources: map[string]*sql.DB{"pg\xff": db}, Log: coFileLog(t)})
+	if !errors.Is(err, dtx.ErrInvalidName) {
+		t.Fatalf("NewCoordinator with resource %q = %v, want ErrInvalidName", "pg\xff", err)
+	}
+}

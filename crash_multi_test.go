@@ -312,9 +312,11 @@ func (tr *cmTrial) recoverAll(ctx context.Context, myDB string) error {
 		AbandonAge:      time.Nanosecond,
 		RecoverInterval: -1,
 	}
-	if err := crStore(ctx, &opts, tr.kind, tr.cfg.LogPath, tr.env.pgDSN, tr.cfg.MyDSN); err != nil {
+	closeStore, err := crStore(ctx, &opts, tr.kind, tr.cfg.LogPath, tr.env.pgDSN, tr.cfg.MyDSN)
+	if err != nil {
 		return err
 	}
+	defer closeStore() // after c.Close, deferred below: the log outlives the Coordinator
 	c, err := dtx.NewCoordinator(opts)
 	if err != nil {
 		return err

@@ -20,3 +20,33 @@ var (
 	PgLiteral = pgLiteral
 	Xid       = xid
 )
+
+// HeldSessions counts the names under prefix whose prepared MariaDB/MySQL
+// branch still holds its session, and Connectors the connectors open in
+// this process: for the leak tests.
+func HeldSessions(prefix string) int {
+	reg.mu.Lock()
+	es := make([]*entry, 0, len(reg.names))
+	for name, e := range reg.names {
+		if len(name) >= len(prefix) && name[:len(prefix)] == prefix {
+			es = append(es, e)
+		}
+	}
+	reg.mu.Unlock()
+	n := 0
+	for _, e := range es {
+		e.mu.Lock()
+		if e.held != nil {
+			n++
+		}
+		e.mu.Unlock()
+	}
+	return n
+}
+
+// Connectors counts the connectors this process has open.
+func Connectors() int {
+	reg.mu.Lock()
+	defer reg.mu.Unlock()
+	return len(reg.connectors)
+}

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 )
@@ -38,6 +39,8 @@ type FileLog struct {
 	retention time.Duration
 	readOnly  bool
 	now       func() time.Time // the clock; tests move it
+	fs        logFS            // the file system; tests simulate power cuts in it
+	compact   int              // dead records before compaction is considered
 
 	mu       sync.Mutex
 	f        logFile
@@ -57,15 +60,6 @@ type FileLog struct {
 }
 
 var _ Log = (*FileLog)(nil)
-
-// logFile is what the log does with its file: an *os.File, or in tests one
-// that fails on demand.
-type logFile interface {
-	WriteAt(b []byte, off int64) (int, error)
-	Truncate(size int64) error
-	Sync() error
-	Close() error
-}
 
 // FileLogOption tunes OpenFileLog and OpenFileLogReadOnly.
 type FileLogOption func(*FileLog)
@@ -116,7 +110,7 @@ type forgetRec struct {
 func newFileLog(dir string, opts []FileLogOption) *FileLog {
 	l := &FileLog{
 		dir: dir, path: filepath.Join(dir, fileLogName),
-		retention: defaultAbortRetention, now: time.Now,
+		retention: defaultAbortRetention, now: time.Now, fs: osFS{}, compact: compactAfter,
 		pending: map[string]Decision{}, aborted: map[string]bool{}, inflight: map[string]*flight{},
 	}
 	l.idle.L = &l.mu
@@ -130,15 +124,15 @@ func newFileLog(dir string, opts []FileLogOption) *FileLog {
 // may have a directory's log open at a time. A log in the first format
 // (DTXLOG1) is rewritten in the current one.
 func OpenFileLog(dir string, opts ...FileLogOption) (*FileLog, error) {
-	if err := mkdirAllSync(dir); err != nil {
+	l := newFileLog(dir, opts)
+	if err := mkdirAllSync(l.fs, dir); err != nil {
 		return nil, fmt.Errorf("dtx: file log: %w", err)
 	}
-	l := newFileLog(dir, opts)
-	f, err := os.OpenFile(l.path, os.O_RDWR|os.O_CREATE, 0o640)
+	f, err := l.fs.OpenFile(l.path, os.O_RDWR|os.O_CREATE, 0o640)
 	if err != nil {
 		return nil, fmt.Errorf("dtx: file log: %w", err)
 	}
-	if err := lockFile(f); err != nil {
+	if err := f.Lock(); err != nil {
 		f.Close()
 		return nil, fmt.Errorf("dtx: file log %s is in use by another process: %w", l.path, err)
 	}
@@ -157,14 +151,14 @@ func OpenFileLog(dir string, opts ...FileLogOption) (*FileLog, error) {
 func OpenFileLogReadOnly(dir string, opts ...FileLogOption) (*FileLog, error) {
 	l := newFileLog(dir, opts)
 	l.readOnly = true
-	data, err := os.ReadFile(l.path)
+	data, err := l.fs.ReadFile(l.path)
 	if err != nil {
 		return nil, fmt.Errorf("dtx: file log: %w", err)
 	}
 	if _, _, err := l.load(data); err != nil {
 		return nil, err
 	}
-	if l.node, err = loadNode(dir, false); err != nil {
+	if l.node, err = loadNode(l.fs, dir, false); err != nil {
 		return nil, err
 	}
 	return l, nil
@@ -172,7 +166,7 @@ func OpenFileLogReadOnly(dir string, opts ...FileLogOption) (*FileLog, error) {
 
 // open loads f, cuts off a torn tail or starts a new file, and rewrites a
 // log of the first format. l.f is f once it returns, even on error.
-func (l *FileLog) open(f *os.File) error {
+func (l *FileLog) open(f logFile) error {
 	l.f = f
 	data, err := io.ReadAll(f)
 	if err != nil {
@@ -190,9 +184,6 @@ func (l *FileLog) open(f *os.File) error {
 		}
 		if err == nil {
 			err = f.Sync()
-		}
-		if err == nil {
-			err = syncDir(l.dir) // the file's name
 		}
 		end = len(fileLogMagic)
 	case end < len(data):
@@ -212,8 +203,15 @@ func (l *FileLog) open(f *os.File) error {
 			return fmt.Errorf("dtx: file log: rewriting %s in the current format: %w", l.path, err)
 		}
 	}
-	if l.node, err = loadNode(l.dir, true); err != nil {
+	if l.node, err = loadNode(l.fs, l.dir, true); err != nil {
 		return err
+	}
+	// The names of the log file and the node file: fsynced at every open,
+	// not only when this open made them, since an earlier open in this
+	// process may have made them and failed before its directory fsync,
+	// and nothing is acknowledged on a file whose name a crash may lose.
+	if err := l.fs.SyncDir(l.dir); err != nil {
+		return fmt.Errorf("dtx: file log: %w", err)
 	}
 	return nil
 }
@@ -304,6 +302,9 @@ func (l *FileLog) writableLocked() error {
 
 // Decide implements Log: it returns once the decision is fsynced.
 func (l *FileLog) Decide(ctx context.Context, d Decision) error {
+	if err := validDecision(d); err != nil {
+		return err
+	}
 	rec, err := record('D', d)
 	if err != nil {
 		return fmt.Errorf("%w: global %s: %w", ErrNotDecided, d.Global, err)
@@ -341,6 +342,9 @@ func (l *FileLog) Decide(ctx context.Context, d Decision) error {
 // Abort implements Log: it returns once the abort is fsynced, or returns the
 // decision when the global was decided first.
 func (l *FileLog) Abort(ctx context.Context, global string) (*Decision, error) {
+	if err := checkID("global", global); err != nil {
+		return nil, err
+	}
 	rec, err := record('A', forgetRec{Global: global})
 	if err != nil {
 		return nil, fmt.Errorf("dtx: file log: abort of global %s: %w", global, err)
@@ -400,9 +404,14 @@ func (l *FileLog) Forget(ctx context.Context, globals ...string) error {
 	return nil // the writer that is flushing writes them
 }
 
-// Heuristic implements Log; heuristic records survive compaction.
+// Heuristic implements Log; heuristic records survive compaction. A detail
+// that is not valid UTF-8 is kept with each bad byte sequence as U+FFFD: it
+// is text for an operator.
 func (l *FileLog) Heuristic(ctx context.Context, global, detail string) error {
-	h := heuristicRec{Global: global, Detail: detail}
+	if err := checkID("global", global); err != nil {
+		return err
+	}
+	h := heuristicRec{Global: global, Detail: strings.ToValidUTF8(detail, "\uFFFD")}
 	rec, err := record('H', h)
 	if err != nil {
 		return fmt.Errorf("dtx: file log: heuristic of global %s: %w", global, err)
@@ -513,7 +522,7 @@ func (l *FileLog) flushLocked() {
 	if len(l.buf) > 0 && l.err == nil {
 		l.appendLocked() // forgets queued while the batch was written; their error is not theirs to see
 	}
-	if l.err == nil && l.dead >= compactAfter && l.dead > 2*(len(l.pending)+len(l.aborted)+len(l.heur)) {
+	if l.err == nil && l.dead >= l.compact && l.dead > 2*(len(l.pending)+len(l.aborted)+len(l.heur)) {
 		// A failed compaction leaves the old file, which is still right, in
 		// use; compactLocked itself breaks the log when it cannot tell.
 		_ = l.compactLocked()
@@ -621,28 +630,28 @@ func (l *FileLog) compactLocked() error {
 		return err
 	}
 	tmp := l.path + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o640)
+	f, err := l.fs.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o640)
 	if err != nil {
 		return err
 	}
-	_, err = f.Write(out)
+	_, err = f.WriteAt(out, 0)
 	if err == nil {
 		err = f.Sync()
 	}
 	if err == nil {
-		err = lockFile(f)
+		err = f.Lock()
 	}
 	if err == nil {
-		err = os.Rename(tmp, l.path)
+		err = l.fs.Rename(tmp, l.path)
 	}
 	if err != nil {
 		f.Close()
-		os.Remove(tmp)
+		l.fs.Remove(tmp)
 		return err
 	}
 	l.f.Close()
 	l.f = f
-	if err := syncDir(l.dir); err != nil {
+	if err := l.fs.SyncDir(l.dir); err != nil {
 		l.err = fmt.Errorf("%w: compacting %s: %w", ErrLogClosed, l.path, err)
 		return l.err
 	}

@@ -19,38 +19,31 @@ const (
 )
 
 // mkdirAllSync is os.MkdirAll that fsyncs the parent of each directory it
-// creates: until then a crash may lose the new directory, and the log and
-// node id in it with it, after the log has acknowledged decisions.
-func mkdirAllSync(dir string) error {
+// creates, and the parent of dir even when dir exists: until then a crash
+// may lose the new directory, and the log and node id in it with it, after
+// the log has acknowledged decisions. (An existing dir may have been made
+// by an earlier call that failed before its fsync.)
+func mkdirAllSync(fsys logFS, dir string) error {
 	dir = filepath.Clean(dir)
-	if fi, err := os.Stat(dir); err == nil {
-		if !fi.IsDir() {
+	parent := filepath.Dir(dir)
+	if isDir, err := fsys.IsDir(dir); err == nil {
+		if !isDir {
 			return &fs.PathError{Op: "mkdir", Path: dir, Err: fs.ErrExist}
 		}
-		return nil
+		return fsys.SyncDir(parent)
 	}
-	parent := filepath.Dir(dir)
 	if parent != dir {
-		if err := mkdirAllSync(parent); err != nil {
+		if err := mkdirAllSync(fsys, parent); err != nil {
 			return err
 		}
 	}
-	if err := os.Mkdir(dir, 0o750); err != nil {
-		if fi, serr := os.Stat(dir); serr == nil && fi.IsDir() {
-			return nil // made by someone else meanwhile, who syncs its parent
+	if err := fsys.Mkdir(dir, 0o750); err != nil {
+		if isDir, serr := fsys.IsDir(dir); serr == nil && isDir {
+			return fsys.SyncDir(parent) // made by someone else meanwhile
 		}
 		return err
 	}
-	return syncDir(parent)
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
+	return fsys.SyncDir(parent)
 }
 
 // loadNode returns the node id kept in dir, making one first when there is
@@ -58,9 +51,9 @@ func syncDir(dir string) error {
 // never make two. The id is written to a temporary file, fsynced and renamed,
 // and the directory fsynced: a crash leaves either no id or a whole one, and
 // an id that was returned once is the one every later open reads.
-func loadNode(dir string, create bool) (string, error) {
+func loadNode(fsys logFS, dir string, create bool) (string, error) {
 	path := filepath.Join(dir, nodeFileName)
-	b, err := os.ReadFile(path)
+	b, err := fsys.ReadFile(path)
 	if err == nil {
 		id := strings.TrimSpace(string(b))
 		if !validNodeID(id) {
@@ -78,11 +71,11 @@ func loadNode(dir string, create bool) (string, error) {
 	rand.Read(r[:]) // never fails
 	id := "n" + hex.EncodeToString(r[:])
 	tmp := path + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o640)
+	f, err := fsys.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o640)
 	if err != nil {
 		return "", fmt.Errorf("dtx: file log: %w", err)
 	}
-	_, err = f.WriteString(id + "\n")
+	_, err = f.WriteAt([]byte(id+"\n"), 0)
 	if err == nil {
 		err = f.Sync()
 	}
@@ -90,13 +83,13 @@ func loadNode(dir string, create bool) (string, error) {
 		err = cerr
 	}
 	if err == nil {
-		err = os.Rename(tmp, path)
+		err = fsys.Rename(tmp, path)
 	}
 	if err == nil {
-		err = syncDir(dir)
+		err = fsys.SyncDir(dir)
 	}
 	if err != nil {
-		os.Remove(tmp)
+		fsys.Remove(tmp)
 		return "", fmt.Errorf("dtx: file log: writing the node id: %w", err)
 	}
 	return id, nil

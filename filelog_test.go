@@ -1348,3 +1348,42 @@ func TestFileLogTornTails(t *testing.T) {
 		}
 	}
 }
+
+// An id that is not UTF-8 is refused, not kept as another: JSON would
+// store each bad byte as U+FFFD, and after a reopen the decision would be
+// pending under a global (or name a node, resource or branch) that does
+// not exist. A UTF-8 id that is not ASCII comes back exact.
+func TestFileLogNonUTF8IDs(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	l := openTestLog(t, dir)
+	for i, f := range []func(d *Decision){
+		func(d *Decision) { d.Global = "g\xff1" },
+		func(d *Decision) { d.Node = "node-\xc3" },
+		func(d *Decision) { d.Branches[0].Resource = "orders\xe2\x82" },
+		func(d *Decision) { d.Branches[1].Name = "\x80" },
+	} {
+		d := testDecision(i)
+		f(&d)
+		if err := l.Decide(ctx, d); !errors.Is(err, ErrInvalidName) || !errors.Is(err, ErrNotDecided) {
+			t.Errorf("Decide(%+v) = %v, want ErrInvalidName and ErrNotDecided", d, err)
+		}
+	}
+	if _, err := l.Abort(ctx, "g\xfe"); !errors.Is(err, ErrInvalidName) {
+		t.Errorf("Abort of a non-UTF-8 global = %v, want ErrInvalidName", err)
+	}
+	if err := l.Heuristic(ctx, "g\xfe", "x"); !errors.Is(err, ErrInvalidName) {
+		t.Errorf("Heuristic of a non-UTF-8 global = %v, want ErrInvalidName", err)
+	}
+	good := testDecision(7)
+	good.Global, good.Branches[0].Resource = "g-ünï©ødé-7", "commandes-é"
+	mustDecide(t, l, good)
+	if err := l.Heuristic(ctx, "gh", "server said \xff"); err != nil {
+		t.Fatal(err)
+	}
+	l = reopen(t, l)
+	checkPending(t, l, good)
+	if got := l.Heuristics()["gh"]; got != "server said \uFFFD" {
+		t.Errorf("heuristic detail = %q, want the bad byte as U+FFFD", got)
+	}
+}

@@ -3,6 +3,8 @@ package dtx
 import (
 	"context"
 	"errors"
+	"fmt"
+	"unicode/utf8"
 )
 
 // Log keeps the outcome of each global transaction under one key, the
@@ -57,3 +59,44 @@ var (
 	// example the disk was full and the partial record was cut off again).
 	ErrNotDecided = errors.New("dtx: decision not recorded")
 )
+
+// validDecision refuses a decision that a store could not keep exactly: a
+// Global, Node, Resource or Name that is not valid UTF-8. The FileLog's JSON
+// and the SQL table's text columns would store such a string as another
+// (JSON replaces each bad byte with U+FFFD), so recovery would look for a
+// global, node or branch that does not exist. The error wraps ErrNotDecided
+// (nothing was recorded) and ErrInvalidName.
+func validDecision(d Decision) error {
+	if err := checkID("global", d.Global); err != nil {
+		return fmt.Errorf("%w: %w", ErrNotDecided, err)
+	}
+	if err := checkID("node", d.Node); err != nil {
+		return fmt.Errorf("%w: global %s: %w", ErrNotDecided, d.Global, err)
+	}
+	for _, b := range d.Branches {
+		if err := checkID("resource", b.Resource); err != nil {
+			return fmt.Errorf("%w: global %s: %w", ErrNotDecided, d.Global, err)
+		}
+		if err := checkID("branch", b.Name); err != nil {
+			return fmt.Errorf("%w: global %s: %w", ErrNotDecided, d.Global, err)
+		}
+	}
+	return nil
+}
+
+// checkID refuses an identifier a store cannot keep exactly: one that is
+// not valid UTF-8. The error wraps ErrInvalidName.
+func checkID(what, s string) error {
+	if utf8.ValidString(s) {
+		return nil
+	}
+	i := 0
+	for i < len(s) {
+		r, n := utf8.DecodeRuneInString(s[i:])
+		if r == utf8.RuneError && n <= 1 {
+			break
+		}
+		i += n
+	}
+	return fmt.Errorf("%w: %s %q is not UTF-8 (byte %d is %s), and a decision store would keep it as another", ErrInvalidName, what, s, i, describeByte(s, i))
+}

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/go-sql-driver/mysql"
 )
@@ -78,23 +79,34 @@ func OpenSQLLog(ctx context.Context, db *sql.DB, table string) (*SQLLog, error) 
 	} else {
 		l.pg = !strings.Contains(strings.ToLower(fmt.Sprintf("%T", db.Driver())), "mysql")
 	}
-	// Binary comparison on MySQL/MariaDB: their default collation is case
-	// insensitive, and node "nodea" read node "NodeA"'s decisions.
-	id := "VARCHAR(64)"
-	if !l.pg {
-		id = "VARCHAR(64) CHARACTER SET ascii COLLATE ascii_bin"
-	}
-	_, err := db.ExecContext(ctx, "CREATE TABLE IF NOT EXISTS "+table+` (
-		global_id `+id+` NOT NULL PRIMARY KEY,
-		node `+id+` NOT NULL,
-		state CHAR(1) NOT NULL,
-		branches TEXT NOT NULL,
-		decided_at BIGINT NOT NULL,
-		heuristic TEXT)`)
+	// Looked for first, so that a user who may use the table but not create
+	// tables (CREATE TABLE IF NOT EXISTS needs the privilege even when the
+	// table exists) can open it.
+	exists, err := l.exists(ctx)
 	if err != nil {
+		return nil, fmt.Errorf("dtx: sql log: looking for table %s: %w", table, err)
+	}
+	if exists {
+		return l, nil
+	}
+	if _, err := db.ExecContext(ctx, "CREATE TABLE IF NOT EXISTS"+strings.TrimPrefix(l.DDL(), "CREATE TABLE")); err != nil {
 		return nil, fmt.Errorf("dtx: sql log: creating table %s (create it yourself with %s): %w", table, l.DDL(), err)
 	}
 	return l, nil
+}
+
+// exists reports whether the log's table is there: on PostgreSQL in the
+// search path (the name folded as unquoted SQL folds it), on MySQL/MariaDB
+// in the current database (information_schema lists it to a user with any
+// privilege on it). Neither needs the privilege to create tables.
+func (l *SQLLog) exists(ctx context.Context) (bool, error) {
+	var n int
+	query := "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = DATABASE() AND table_name = ?"
+	if l.pg {
+		query = "SELECT COUNT(*) FROM (SELECT to_regclass($1) AS t) r WHERE t IS NOT NULL"
+	}
+	err := l.db.QueryRowContext(ctx, query, l.table).Scan(&n)
+	return n > 0, err
 }
 
 // DB is the database the log's table is in.
@@ -127,6 +139,26 @@ func (l *SQLLog) DurabilityWarning(ctx context.Context) string {
 		return "dtx: sql log: innodb_flush_log_at_trx_commit = " + v + ": a committed decision can be lost if the MariaDB/MySQL server crashes; set it to 1"
 	}
 	return ""
+}
+
+// checkKey refuses a global id or node the table cannot keep exactly: not
+// UTF-8, or on MySQL/MariaDB not ASCII (the columns are ascii there, and a
+// server not in strict mode would store each other character as '?').
+func (l *SQLLog) checkKey(ids ...string) error {
+	for _, s := range ids {
+		if err := checkID("global or node", s); err != nil {
+			return err
+		}
+		if l.pg {
+			continue
+		}
+		for i := 0; i < len(s); i++ {
+			if s[i] >= utf8.RuneSelf {
+				return fmt.Errorf("%w: %q is not ASCII (byte %d is %s), and the MySQL/MariaDB table's ascii columns would keep it as another", ErrInvalidName, s, i, describeByte(s, i))
+			}
+		}
+	}
+	return nil
 }
 
 func validIdent(s string) bool {
@@ -185,6 +217,12 @@ func (l *SQLLog) Decide(ctx context.Context, d Decision) error {
 // insertDecision inserts d's row in tx, unless d's global is too old to be
 // decided (its abort may have been dropped already): then ErrAborted.
 func (l *SQLLog) insertDecision(ctx context.Context, tx txExecer, d Decision) error {
+	if err := validDecision(d); err != nil {
+		return err
+	}
+	if err := l.checkKey(d.Global, d.Node); err != nil {
+		return fmt.Errorf("%w: %w", ErrNotDecided, err)
+	}
 	bs, err := json.Marshal(d.Branches)
 	if err != nil {
 		return fmt.Errorf("%w: %w", ErrNotDecided, err)
@@ -231,6 +269,9 @@ func (l *SQLLog) decideOutcome(ctx context.Context, global string, err error) er
 // Abort implements Log: it inserts the abort row, waiting at most abortWait
 // for a Decide of the same global that holds the key uncommitted.
 func (l *SQLLog) Abort(ctx context.Context, global string) (*Decision, error) {
+	if err := l.checkKey(global); err != nil {
+		return nil, err
+	}
 	var at int64
 	if t, ok := globalTime(global); ok {
 		at = t.UnixMilli()
@@ -339,9 +380,13 @@ func (l *SQLLog) purgeAborts(ctx context.Context) error {
 	return nil
 }
 
-// Heuristic implements Log.
+// Heuristic implements Log. A detail that is not valid UTF-8 is kept with
+// each bad byte sequence as U+FFFD, as the FileLog keeps it.
 func (l *SQLLog) Heuristic(ctx context.Context, global, detail string) error {
-	_, err := l.db.ExecContext(ctx, l.q("UPDATE T_ SET heuristic = ? WHERE global_id = ?"), detail, global)
+	if err := l.checkKey(global); err != nil {
+		return err
+	}
+	_, err := l.db.ExecContext(ctx, l.q("UPDATE T_ SET heuristic = ? WHERE global_id = ?"), strings.ToValidUTF8(detail, "\uFFFD"), global)
 	return err
 }
 

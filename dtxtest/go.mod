@@ -9,6 +9,7 @@ require (
 	github.com/dtx-go/dtx v0.0.0-00010101000000-000000000000
 	github.com/go-sql-driver/mysql v1.10.1
 	github.com/lib/pq v1.12.3
+	go.uber.org/goleak v1.3.0
 )
 
 require (

@@ -7,6 +7,7 @@ replace github.com/dtx-go/dtx => ../
 require (
 	github.com/dtx-go/dtx v0.0.0-00010101000000-000000000000
 	github.com/jackc/pgx/v5 v5.10.0
+	go.uber.org/goleak v1.3.0
 )
 
 require (
