@@ -166,6 +166,48 @@ func TestMySQLSessionsUnderLoad(t *testing.T) {
 	})
 }
 
+// TestMySQLSessionsHandedOver: with SetMaxOpenConns, BeginDistributed gives
+// its conn back to the pool at the prepare, and the pool hands it to
+// another user while phase two may still be running on its session: that
+// user must get another session (settle), never the one phase two is
+// using. 8 workers of named cycles and 4 of plain queries, which take the
+// conns the cycles give back (the pool hands out the last one returned),
+// for 2 s on a pool of 16 (the benchmarks' idle16), under the race detector
+// in make test; every cycle's row must be there.
+func TestMySQLSessionsHandedOver(t *testing.T) {
+	s := ntServer(t, "mysql")
+	raw := open(t, s, s.raw)
+	ctx := ntCtx(t)
+	p, dsn := newSessProxy(t, s, "")
+	db, err := sql.Open(s.wrapped, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	db.SetMaxOpenConns(16)
+	db.SetMaxIdleConns(16)
+	tbl := table(t, s, raw, "id BIGINT PRIMARY KEY")
+	prefix := names(t, s)
+	var queries atomic.Int64
+	cycles := sessLoad(t, 12, 2*time.Second, func(n int64) error {
+		if n%3 == 0 {
+			queries.Add(1)
+			var id int64
+			return db.QueryRowContext(ctx, "SELECT CONNECTION_ID()").Scan(&id)
+		}
+		name := prefix + strconv.FormatInt(n, 10)
+		if err := dtx.BeginDistributed(ctx, db, name, ntInsertFn(ctx, tbl, int(n))); err != nil {
+			return err
+		}
+		return dtx.CommitDistributed(ctx, name)
+	})
+	cycles -= queries.Load()
+	t.Logf("%d cycles and %d queries, %d sessions opened, at most %d open", cycles, queries.Load(), p.accepted.Load(), p.maxOpen.Load())
+	if got := int64(count(t, raw, "SELECT COUNT(*) FROM "+tbl)); got != cycles {
+		t.Fatalf("%d rows for %d cycles", got, cycles)
+	}
+}
+
 // TestMySQLSparesExpire: spares are closed as the pool closes the conns they
 // stand in for, here after SetConnMaxIdleTime, and none are kept once the
 // pool is idle; with SetMaxIdleConns(n) at most n+1 sessions stay.
@@ -350,15 +392,18 @@ func TestMySQLResetKeepsDSNSettings(t *testing.T) {
 	held := map[int64]bool{}
 	for i := range 2 {
 		name := prefix + strconv.Itoa(i)
-		ntOK(t, "BeginDistributed", dtx.BeginDistributed(ctx, db, name, func(tx *sql.Tx) error {
-			var id int64
-			if err := tx.QueryRowContext(ctx, "SELECT CONNECTION_ID()").Scan(&id); err != nil {
-				return err
-			}
-			held[id] = true
-			_, err := tx.ExecContext(ctx, ntInsert(tbl, i))
-			return err
-		}))
+		// Through db.BeginTx, not BeginDistributed: the conn goes back to
+		// the pool at the prepare, which closes it (MaxIdleConns 0), so
+		// the branch keeps the session alone and it becomes a spare,
+		// reset, after phase two.
+		tx, err := db.BeginTx(dtx.WithName(ctx, name), nil)
+		ntOK(t, "BeginTx", err)
+		var id int64
+		ntOK(t, "CONNECTION_ID", tx.QueryRowContext(ctx, "SELECT CONNECTION_ID()").Scan(&id))
+		held[id] = true
+		_, err = tx.ExecContext(ctx, ntInsert(tbl, i))
+		ntOK(t, "INSERT", err)
+		ntOK(t, "prepare", tx.Commit())
 		ntOK(t, "CommitDistributed", dtx.CommitDistributed(ctx, name))
 	}
 	deadline := time.Now().Add(5 * time.Second)
