@@ -4,6 +4,8 @@ import (
 	"context"
 	"database/sql/driver"
 	"errors"
+	"sync"
+	"sync/atomic"
 )
 
 // conn wraps one parent connection. It forwards every call to the parent
@@ -22,6 +24,14 @@ type conn struct {
 	parent driver.Conn
 	c      *connector
 	closed bool // counted closed in c.c.ss
+
+	// home is the MariaDB/MySQL branch prepared on parent and not finished
+	// yet. parent stays c's session until c is used again, when settle
+	// hands it to the branch alone, or until phase two finishes the branch
+	// first, on parent, under mu (connector.finishAtHome): then c goes on
+	// with the session it had, as with the raw driver.
+	home atomic.Pointer[entry]
+	mu   sync.Mutex // guards parent while home is set
 }
 
 var (
@@ -115,6 +125,7 @@ func (c *conn) dtxConn() *conn { return c }
 
 // attach gives c a parent session again after a prepared branch took its own.
 func (c *conn) attach(ctx context.Context) error {
+	c.settle()
 	if c.parent != nil {
 		return nil
 	}
@@ -136,6 +147,33 @@ func (c *conn) detach() driver.Conn {
 		c.c.ss.lost()
 	}
 	return s
+}
+
+// settle runs before c is used while a prepared branch is still on its
+// session: the branch keeps the session, held alone until phase two, and c
+// gets another one on its next use (see sessions).
+func (c *conn) settle() {
+	if c.home.Load() == nil {
+		return
+	}
+	c.mu.Lock()
+	if c.home.Load() != nil {
+		c.home.Store(nil)
+		c.detach()
+	}
+	c.mu.Unlock()
+}
+
+// leaveHome is settle for the branch e from outside c (its hold ends
+// without phase two): when e is still on c's session, c gives it up and
+// will get another one.
+func (c *conn) leaveHome(e *entry) {
+	c.mu.Lock()
+	if c.home.Load() == e {
+		c.home.Store(nil)
+		c.detach()
+	}
+	c.mu.Unlock()
 }
 
 // discard closes c's parent session, which is in a state no next user may
@@ -174,6 +212,7 @@ func (c *conn) PrepareContext(ctx context.Context, query string) (driver.Stmt, e
 // Close implements driver.Conn. A conn without a session closes nothing
 // on the server, but one spare fewer is kept (see sessions).
 func (c *conn) Close() error {
+	c.settle()
 	if !c.closed {
 		c.closed = true
 		c.c.ss.closedConn(c.parent == nil)
@@ -312,6 +351,7 @@ func (c *conn) ping(ctx context.Context) error {
 // resetSession serves driver.SessionResetter, present only when the parent is
 // one. A conn whose session a prepared branch took gets its new one here.
 func (c *conn) resetSession(ctx context.Context) error {
+	c.settle()
 	if c.parent == nil {
 		if err := c.attach(ctx); err != nil {
 			return driver.ErrBadConn
@@ -323,6 +363,12 @@ func (c *conn) resetSession(ctx context.Context) error {
 }
 
 // isValid serves driver.Validator, present only when the parent is one.
+// database/sql asks as the conn goes back to the pool, right after a
+// prepare: a session that a prepared branch still uses is left alone (c
+// gets another one if it is used before phase two).
 func (c *conn) isValid() bool {
+	if c.home.Load() != nil {
+		return true
+	}
 	return c.parent == nil || c.parent.(driver.Validator).IsValid()
 }

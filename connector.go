@@ -105,12 +105,16 @@ func (c *connector) dialect() Dialect { return c.drv.dialect }
 // the next one tried.
 func (c *connector) session(ctx context.Context, check bool) (driver.Conn, error) {
 	for {
-		s, err := c.ss.take(ctx)
-		if err != nil {
-			return nil, err
-		}
+		s := c.ss.take()
 		if s == nil {
 			break
+		}
+		if err := c.ss.finishReset(ctx, s); err != nil {
+			c.ss.closeSession(s)
+			if ctx.Err() != nil {
+				return nil, ctx.Err()
+			}
+			continue
 		}
 		r, ok := s.(driver.SessionResetter)
 		if !check || !ok || r.ResetSession(ctx) == nil {

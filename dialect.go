@@ -18,7 +18,8 @@ type Dialect interface {
 	// begin starts the named transaction on c's parent session.
 	begin(ctx context.Context, c *conn, name string, opts driver.TxOptions) error
 	// prepare is phase one. It returns the parent session when the branch
-	// stays bound to it (MySQL): c no longer owns that session then.
+	// stays bound to it (MySQL): the branch holds that session then, and c
+	// gives it up before its next use (conn.settle).
 	prepare(ctx context.Context, c *conn, name string) (held driver.Conn, err error)
 	// commitOnePhase commits the named transaction without preparing it: a
 	// global with a single branch needs no two-phase commit.

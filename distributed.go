@@ -37,7 +37,7 @@ func BeginDistributed(ctx context.Context, db *sql.DB, name string, fn func(tx *
 	if err := reg.free(name); err != nil {
 		return err
 	}
-	tx, err := db.BeginTx(withNameDB(ctx, name, db), nil)
+	cn, tx, err := beginOn(ctx, db, name)
 	if err != nil {
 		if fromDTX(err) {
 			return err
@@ -48,6 +48,9 @@ func BeginDistributed(ctx context.Context, db *sql.DB, name string, fn func(tx *
 	defer func() {
 		if !done {
 			tx.Rollback()
+		}
+		if cn != nil {
+			cn.Close()
 		}
 	}()
 	if err := fn(tx); err != nil {
@@ -63,7 +66,39 @@ func BeginDistributed(ctx context.Context, db *sql.DB, name string, fn func(tx *
 		// back): PREPARE was never sent.
 		return fmt.Errorf("%w: %q was rolled back: %w", ErrNotPrepared, name, err)
 	}
+	if err == nil && cn != nil {
+		reg.pin(name, cn)
+		cn = nil
+	}
 	return err
+}
+
+// beginOn begins the named transaction on db. On MariaDB/MySQL, when db
+// opens connections without limit (database/sql's default), it runs on a
+// *sql.Conn that BeginDistributed keeps until phase two, as hand-written XA
+// keeps its connection: the prepared branch stays bound to that
+// connection's own session, phase two runs there, and no other session is
+// needed. With SetMaxOpenConns a kept connection could starve the pool
+// (a caller that prepares two names, or queries, before committing would
+// wait for itself), so the connection goes back to the pool at the prepare
+// and the branch's session leaves it if it is used before phase two (see
+// docs/two-phase.md).
+func beginOn(ctx context.Context, db *sql.DB, name string) (*sql.Conn, *sql.Tx, error) {
+	ctx = withNameDB(ctx, name, db)
+	if d, _ := driverOf(db); d.dialect != MySQL || db.Stats().MaxOpenConnections != 0 {
+		tx, err := db.BeginTx(ctx, nil)
+		return nil, tx, err
+	}
+	cn, err := db.Conn(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	tx, err := cn.BeginTx(ctx, nil)
+	if err != nil {
+		cn.Close()
+		return nil, nil, err
+	}
+	return cn, tx, nil
 }
 
 // fromDTX reports whether err is one dtx made (and so already says "dtx:").

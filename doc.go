@@ -172,17 +172,21 @@
 // # MariaDB and MySQL: held sessions
 //
 // A prepared XA branch stays bound to the session that prepared it, and that
-// session can do nothing else until the branch is finished. dtx takes the
-// session out of database/sql's pool (the pool's connection gets a new
-// session on its next use), holds it, runs XA COMMIT or XA ROLLBACK on it,
-// resets it (COM_RESET_CONNECTION) and keeps it afterwards as a spare, which
-// the next connection needing a session takes before dtx dials. So a
-// *sql.Conn continues on another, clean session after a named transaction:
-// its session variables, user variables, temporary tables and GET_LOCK locks
-// are gone, and none of them ever reaches another pool user. Spares are
-// bounded by the pool's connections and close as the pool closes its idle
-// ones. Held sessions are not counted by SetMaxOpenConns. Three options
-// bound the holding:
+// session can do nothing else until the branch is finished. The session stays
+// its connection's until the connection is used again; when phase two comes
+// first (BeginDistributed then CommitDistributed, a Coordinator global), XA
+// COMMIT or XA ROLLBACK runs on it and the connection goes on with its own
+// session, as with the raw driver. On a pool without SetMaxOpenConns,
+// BeginDistributed keeps its connection out of the pool until phase two to
+// make that certain. A connection used before phase two gives the session
+// up: dtx holds it outside the pool, finishes the branch on it, resets it
+// (COM_RESET_CONNECTION) and keeps it as a spare, which the next connection
+// needing a session takes before dtx dials. Such a *sql.Conn continues on
+// another, clean session after the prepare: its session variables, user
+// variables, temporary tables and GET_LOCK locks are gone for it, and none of
+// them ever reaches another pool user. Spares are bounded by the pool's open
+// connections and close as the pool closes its idle ones. Held sessions are
+// not counted by SetMaxOpenConns. Three options bound the holding:
 //
 //   - [WithHoldLimit] (default 64 per *sql.DB): over it, the session held
 //     longest is closed.

@@ -94,8 +94,10 @@ func (mysqlDialect) begin(ctx context.Context, c *conn, name string, opts driver
 	return err
 }
 
-// prepare ends and prepares the branch and takes the session from c: a
-// prepared session must never go back to the pool.
+// prepare ends and prepares the branch and returns the session it is bound
+// to. A prepared session must never serve the pool: the branch holds it
+// from now on, and c gives it up when it is used again before phase two
+// (conn.settle).
 func (mysqlDialect) prepare(ctx context.Context, c *conn, name string) (driver.Conn, error) {
 	x := xid(name)
 	if err := execDriver(ctx, c.parent, "XA END "+x); err != nil {
@@ -112,7 +114,7 @@ func (mysqlDialect) prepare(ctx context.Context, c *conn, name string) (driver.C
 		mysqlCleanup(ctx, c, x, true)
 		return nil, mysqlPrepareError(name, err, false)
 	}
-	return c.detach(), nil
+	return c.parent, nil
 }
 
 func mysqlPrepareError(name string, err error, unknown bool) error {

@@ -22,11 +22,12 @@ import (
 // COM_RESET_CONNECTION, which go-sql-driver/mysql (v1.10) never sends: its
 // ResetSession only checks that the socket is alive. So the dtx+mysql
 // driver builds its parent connector from the DSN with a dial function that
-// records each session's socket, and writes that one command on the socket
+// records each session's socket, and writes that command on the socket
 // itself while the session is idle and owned by dtx alone. The server keeps
 // the handshake's character set and collation across the reset; what the
 // driver set by statement at connect (charset=, system variables in the DSN)
-// is sent again.
+// is sent again, as COM_QUERY packets right behind it. The answers are read
+// when the session is taken again (sessions.finishReset).
 //
 // COM_RESET_CONNECTION is sent only after XA COMMIT or XA ROLLBACK succeeded
 // on the session: right after XA PREPARE it detaches the branch and can
@@ -51,7 +52,7 @@ func mysqlResettable(cfg *mysql.Config) bool {
 
 // mysqlConnector is the dtx+mysql driver's parent connector for dsn, and the
 // reset for its sessions, nil when they cannot be reset.
-func mysqlConnector(dsn string) (driver.Connector, func(context.Context, driver.Conn, net.Conn) error, error) {
+func mysqlConnector(dsn string) (driver.Connector, *sessionReset, error) {
 	cfg, err := mysql.ParseDSN(dsn)
 	if err != nil {
 		return nil, nil, err
@@ -73,16 +74,10 @@ func mysqlConnector(dsn string) (driver.Connector, func(context.Context, driver.
 		return nil, nil, err
 	}
 	replay := mysqlReplay(dsn, cfg)
-	return pc, func(ctx context.Context, s driver.Conn, nc net.Conn) error {
-		if err := comResetConnection(ctx, nc); err != nil {
-			return err
-		}
-		for _, q := range replay {
-			if err := execDriver(ctx, s, q); err != nil {
-				return err
-			}
-		}
-		return nil
+	cmds, n := resetCommands(replay), len(replay)+1
+	return pc, &sessionReset{
+		start:  func(nc net.Conn) error { return writeAll(nc, cmds) },
+		finish: func(ctx context.Context, nc net.Conn) error { return readAnswers(ctx, nc, n) },
 	}, nil
 }
 
@@ -119,21 +114,61 @@ func mysqlReplay(dsn string, cfg *mysql.Config) []string {
 	return out
 }
 
-// comResetConnection sends COM_RESET_CONNECTION (0x1f) on nc and reads the
-// server's OK or ERR packet. The driver is not using nc meanwhile: the
-// session is idle and serves no conn.
-func comResetConnection(ctx context.Context, nc net.Conn) error {
+// resetCommands is COM_RESET_CONNECTION (0x1f) followed by a COM_QUERY
+// (0x03) for each of replay, as packets ready to be written back to back:
+// the server answers each in order, with one OK or ERR packet.
+func resetCommands(replay []string) []byte {
+	b := []byte{1, 0, 0, 0, 0x1f}
+	for _, q := range replay {
+		n := len(q) + 1
+		b = append(b, byte(n), byte(n>>8), byte(n>>16), 0, 0x03)
+		b = append(b, q...)
+	}
+	return b
+}
+
+// writeAll writes the reset's commands on nc. The driver is not using nc
+// meanwhile: the session is idle and serves no conn; its socket buffer
+// takes the few bytes at once.
+func writeAll(nc net.Conn, cmds []byte) error {
+	if err := nc.SetWriteDeadline(time.Now().Add(resetTimeout)); err != nil {
+		return err
+	}
+	defer nc.SetWriteDeadline(time.Time{})
+	if _, err := nc.Write(cmds); err != nil {
+		return fmt.Errorf("dtx: COM_RESET_CONNECTION: %w", err)
+	}
+	return nil
+}
+
+// readAnswers reads n answers (OK or ERR packets) from nc, before the driver
+// uses the session again, and returns the first ERR as a *mysql.MySQLError.
+func readAnswers(ctx context.Context, nc net.Conn, n int) error {
 	dl, ok := ctx.Deadline()
 	if !ok {
 		dl = time.Now().Add(resetTimeout)
 	}
-	if err := nc.SetDeadline(dl); err != nil {
+	if err := nc.SetReadDeadline(dl); err != nil {
 		return err
 	}
-	defer nc.SetDeadline(time.Time{})
-	if _, err := nc.Write([]byte{1, 0, 0, 0, 0x1f}); err != nil {
-		return fmt.Errorf("dtx: COM_RESET_CONNECTION: %w", err)
+	defer nc.SetReadDeadline(time.Time{})
+	var first error
+	for range n {
+		if err := readAnswer(nc); err != nil {
+			var me *mysql.MySQLError
+			if !errors.As(err, &me) {
+				return err // the stream is lost: nothing more can be read
+			}
+			if first == nil {
+				first = err
+			}
+		}
 	}
+	return first
+}
+
+// readAnswer reads one OK or ERR packet.
+func readAnswer(nc net.Conn) error {
 	var h [4]byte
 	if _, err := io.ReadFull(nc, h[:]); err != nil {
 		return fmt.Errorf("dtx: COM_RESET_CONNECTION: %w", err)

@@ -49,6 +49,8 @@ type entry struct {
 
 	mu       sync.Mutex
 	held     driver.Conn // MySQL: the session the branch is bound to
+	home     *conn       // the conn whose session held was, while it may still be
+	pin      *sql.Conn   // BeginDistributed's conn, kept out of the pool until phase two
 	timer    *time.Timer // releases held after the hold timeout
 	detached time.Time   // when dtx closed the branch's session
 	unsure   bool        // an earlier phase two's outcome is unknown
@@ -179,13 +181,42 @@ func (r *registry) getState(e *entry) state {
 }
 
 // prepared records that e's transaction is prepared; held is the session it
-// is bound to (MySQL), or nil. The session is held first, so that Forget,
-// which takes only prepared names, never misses it.
-func (r *registry) prepared(e *entry, held driver.Conn) {
+// is bound to (MySQL), or nil, and home the conn that prepared it on that
+// session. The session is held first, so that Forget, which takes only
+// prepared names, never misses it.
+func (r *registry) prepared(e *entry, held driver.Conn, home *conn) {
 	if held != nil {
-		e.c.hold(e, held)
+		e.c.hold(e, held, home)
 	}
 	r.setState(e, stPrepared)
+}
+
+// pin gives the prepared name's entry the *sql.Conn its transaction ran
+// on, to keep out of the pool until phase two (see BeginDistributed); when
+// the session already left that conn, or the name is finished, cn goes
+// back to the pool at once.
+func (r *registry) pin(name string, cn *sql.Conn) {
+	e := r.lookup(name)
+	if e == nil {
+		cn.Close()
+		return
+	}
+	e.mu.Lock()
+	if e.home != nil && e.home.home.Load() == e && e.pin == nil {
+		e.pin, cn = cn, nil
+	}
+	e.mu.Unlock()
+	if cn != nil {
+		cn.Close()
+	}
+}
+
+// unpin gives e's pinned conn back to the pool; e.mu is held.
+func (e *entry) unpin() {
+	if e.pin != nil {
+		e.pin.Close()
+		e.pin = nil
+	}
 }
 
 func (r *registry) uncertain(e *entry) {
@@ -441,16 +472,26 @@ func (c *connector) phaseTwo(ctx context.Context, e *entry, commit bool) error {
 func (c *connector) phaseTwoOn(ctx context.Context, e *entry, commit bool) error {
 	d := c.dialect()
 	if s := e.held; s != nil {
-		err := d.finishHeld(ctx, s, e.name, commit)
+		atHome, err := c.finishAtHome(ctx, e, commit)
+		if !atHome {
+			err = d.finishHeld(ctx, s, e.name, commit)
+		}
 		if err == nil {
 			e.timer.Stop()
-			e.held = nil
-			if at, ok := c.unhold(e); ok {
+			e.held, e.home = nil, nil
+			at, held := c.unhold(e)
+			if held {
 				c.heldEnded(SessionEvent{Kind: SessionFinished, Name: e.name, HeldFor: time.Since(at)})
+			}
+			switch {
+			case atHome && held:
+				c.ss.holding(-1) // the session stays its conn's
+			case held:
 				c.ss.recycle(s)
-			} else {
+			case !atHome:
 				c.ss.closeSession(s)
 			}
+			e.unpin()
 			return nil
 		}
 		if errors.Is(err, ErrOutcomeUnknown) {
@@ -466,12 +507,38 @@ func (c *connector) phaseTwoOn(ctx context.Context, e *entry, commit bool) error
 	return err
 }
 
+// finishAtHome is phase two of e on its session while that is still the
+// session of the conn that prepared it, which is not used meanwhile (it
+// waits in settle). It reports false, having sent nothing, when the conn
+// has given the session up; the session is then e's alone. e.mu is held.
+func (c *connector) finishAtHome(ctx context.Context, e *entry, commit bool) (bool, error) {
+	h := e.home
+	if h == nil {
+		return false, nil
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.home.Load() != e {
+		e.home = nil
+		return false, nil
+	}
+	err := c.dialect().finishHeld(ctx, e.held, e.name, commit)
+	if err == nil {
+		h.home.Store(nil)
+	}
+	return true, err
+}
+
 // hold keeps s, the session e's branch is bound to, out of the pool until
 // phase two, for at most the hold timeout; over the hold limit the session
-// held longest is released.
-func (c *connector) hold(e *entry, s driver.Conn) {
+// held longest is released. home is the conn that prepared on s.
+func (c *connector) hold(e *entry, s driver.Conn, home *conn) {
 	e.mu.Lock()
 	e.held = s
+	if home != nil {
+		e.home = home
+		home.home.Store(e)
+	}
 	e.timer = time.AfterFunc(c.opts.holdTimeout, func() { c.release(e, ReleaseTimeout) })
 	e.mu.Unlock()
 	c.mu.Lock()
@@ -535,8 +602,13 @@ func (c *connector) releaseLocked(e *entry, reason string) {
 		return
 	}
 	e.timer.Stop()
+	if e.home != nil {
+		e.home.leaveHome(e)
+		e.home = nil
+	}
 	c.ss.closeSession(e.held)
 	e.held = nil
+	e.unpin()
 	e.detached = time.Now()
 	if at, ok := c.unhold(e); ok {
 		c.ss.holding(-1)

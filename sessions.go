@@ -3,6 +3,7 @@ package dtx
 import (
 	"context"
 	"database/sql/driver"
+	"errors"
 	"net"
 	"sync"
 	"time"
@@ -10,21 +11,28 @@ import (
 
 // sessions keeps one connector's spare parent sessions: MariaDB/MySQL
 // sessions back from a held prepared branch, reset, waiting for a conn that
-// lost its own session to a prepare, or for Connect.
+// gave its own session up to a prepared branch, or for Connect.
 //
-// The bound: spares (ready or being reset) number at most bare+held+1 while
-// any conn of the connector is open, and none once all are closed. bare
-// counts the open conns that have no session: each spare can stand in for
-// the session of one of them. held counts the sessions held by prepared
-// branches: a conn gives its session up at the prepare and goes back to the
-// pool at once, where database/sql may close it as an idle conn over
-// SetMaxIdleConns while its session is still busy with phase two; the raw
-// driver's caller would still hold that conn, so its session may come back
-// as a spare. The one spare more lets a session be reset while another
-// serves the next transaction: without it a lone caller waited for every
-// reset or dialed. So the server sees at most the pool's open connections
-// plus twice the held sessions plus one (plus the takers waiting for a
-// reset, each of which would otherwise dial).
+// The bound: spares number at most the connector's open conns (live),
+// none once all are closed. Each spare can stand in for the session of one
+// of them: the next time a conn gives its session up to a prepared branch
+// (it is used before phase two, see conn.settle) or the pool opens a conn.
+// A tighter bound was tried and dialed far more: counting only the conns
+// without a session and the held sessions (bare+held+1), a conn that gives
+// its session up right after each prepare found no spare about half the
+// time, because the session freed by one cycle's phase two is needed by
+// the next cycle's settle, when nothing counts it (TestMySQLSparesExpire:
+// 45-55% of cycles dialed, against 5-25% with this bound). When the pool
+// is idle, live is at most its MaxIdleConns, so spares never outnumber
+// what the pool keeps idle. The server sees at most twice the pool's open
+// connections plus the held sessions.
+//
+// The reset is pipelined: when phase two ends, COM_RESET_CONNECTION (and
+// what the DSN set at connect) is written on the session's socket and the
+// session is a spare at once; the server's answers are read when the spare
+// is taken (finishReset), before the driver sends anything on it. Nobody
+// waits for a reset that the server has already done, and no goroutine runs
+// for it.
 //
 // Spares expire with the pool's connections: when database/sql closes a
 // conn without a session (over SetMaxIdleConns, after SetConnMaxIdleTime or
@@ -32,32 +40,35 @@ import (
 // closed, those waiting longest first. Once the pool is idle and its
 // conns closed, no spare is left.
 type sessions struct {
-	mu        sync.Mutex
-	free      []driver.Conn // ready; the one waiting longest first
-	resetting int           // being reset, on their way to free
-	bare      int           // open conns without a session
-	held      int           // sessions held by prepared branches
-	waiting   int           // takers waiting for a reset to end
-	ready     chan struct{} // closed when a reset ends, for the waiting
-	live      int           // open conns
-	closed    bool
-	nets      map[driver.Conn]net.Conn // a session's socket, for reset
-	wg        sync.WaitGroup           // resets in flight
+	mu     sync.Mutex
+	free   []driver.Conn // reset sent; the one waiting longest first
+	bare   int           // open conns without a session
+	held   int           // sessions held by prepared branches
+	live   int           // open conns
+	closed bool
+	nets   map[driver.Conn]net.Conn // a session's socket, for reset
 
 	// reset clears a session's state before reuse; nil when sessions
 	// cannot be reset, which then are never reused.
-	reset func(ctx context.Context, s driver.Conn, nc net.Conn) error
+	reset *sessionReset
+}
+
+// A sessionReset clears a session's state in two halves: start writes the
+// commands on the idle session's socket, finish reads their answers.
+type sessionReset struct {
+	start  func(nc net.Conn) error
+	finish func(ctx context.Context, nc net.Conn) error
 }
 
 // resetTimeout bounds one reset; a session that does not answer is closed.
 const resetTimeout = 10 * time.Second
 
-// boundLocked is how many spares may exist now (ready or being reset).
+// boundLocked is how many spares may exist now.
 func (ss *sessions) boundLocked() int {
-	if ss.closed || ss.live == 0 {
+	if ss.closed {
 		return 0
 	}
-	return ss.bare + ss.held + ss.waiting + 1
+	return ss.live
 }
 
 // holding counts a session taken for a prepared branch (+1) or closed
@@ -70,51 +81,34 @@ func (ss *sessions) holding(delta int) {
 	ss.closeAll(over)
 }
 
-// take returns a ready spare, the one that came back last, or nil when
-// there is none and a new session should be dialed. When two or more are
-// being reset it waits for one: a reset is one round trip already on its
-// way, a dial several. With only one being reset it does not wait: that is
-// the spare that lets resets run beside the caller's work, and a lone
-// caller that waited for each reset would never get a second session.
-func (ss *sessions) take(ctx context.Context) (driver.Conn, error) {
+// take returns a spare, the one that came back last, or nil when there is
+// none and a new session should be dialed. Its reset is not finished: see
+// finishReset.
+func (ss *sessions) take() driver.Conn {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
-	for {
-		if n := len(ss.free); n > 0 {
-			s := ss.free[n-1]
-			ss.free[n-1] = nil
-			ss.free = ss.free[:n-1]
-			return s, nil
-		}
-		if ss.closed || ss.resetting < 2 {
-			return nil, nil
-		}
-		if ss.ready == nil {
-			ss.ready = make(chan struct{})
-		}
-		ready := ss.ready
-		ss.waiting++
-		ss.mu.Unlock()
-		var err error
-		select {
-		case <-ready:
-		case <-ctx.Done():
-			err = ctx.Err()
-		}
-		ss.mu.Lock()
-		ss.waiting--
-		if err != nil {
-			return nil, err
-		}
+	n := len(ss.free)
+	if n == 0 {
+		return nil
 	}
+	s := ss.free[n-1]
+	ss.free[n-1] = nil
+	ss.free = ss.free[:n-1]
+	return s
 }
 
-// wakeLocked wakes the takers waiting for a reset to end.
-func (ss *sessions) wakeLocked() {
-	if ss.ready != nil {
-		close(ss.ready)
-		ss.ready = nil
+// finishReset reads the answers to the reset written on s when it became a
+// spare; an error means s must be closed.
+func (ss *sessions) finishReset(ctx context.Context, s driver.Conn) error {
+	ss.mu.Lock()
+	nc := ss.nets[s]
+	ss.mu.Unlock()
+	if nc == nil {
+		return errors.New("dtx: spare session without a socket")
 	}
+	ctx, cancel := context.WithTimeout(ctx, resetTimeout)
+	defer cancel()
+	return ss.reset.finish(ctx, nc)
 }
 
 // track records nc as the socket of s.
@@ -164,7 +158,7 @@ func (ss *sessions) closedConn(bare bool) {
 // trimLocked removes the spares over the bound, those waiting longest first,
 // and returns them to be closed.
 func (ss *sessions) trimLocked() []driver.Conn {
-	n := len(ss.free) + ss.resetting - ss.boundLocked()
+	n := len(ss.free) - ss.boundLocked()
 	if n <= 0 {
 		return nil
 	}
@@ -177,45 +171,28 @@ func (ss *sessions) trimLocked() []driver.Conn {
 	return over
 }
 
-// recycle takes back a session whose held branch is finished: it is reset
-// and becomes a spare, or closed when it cannot be reset or is not needed.
-// The reset runs in the background; phase two does not wait for it. s is
-// counted as held until it is a spare or closed, so that a session moving
-// from held to spare does not push another spare over the bound.
+// recycle takes back a session whose held branch is finished: its reset is
+// written and it becomes a spare, or it is closed when it cannot be reset
+// or is not needed. Phase two does not wait for the server's answer.
 func (ss *sessions) recycle(s driver.Conn) {
 	ss.mu.Lock()
+	ss.held--
 	nc := ss.nets[s]
-	if ss.reset == nil || nc == nil || len(ss.free)+ss.resetting >= ss.boundLocked() {
-		ss.held--
-		over := ss.trimLocked()
-		ss.mu.Unlock()
-		ss.closeAll(over)
-		ss.closeSession(s)
-		return
-	}
-	ss.resetting++
-	ss.wg.Add(1)
+	keep := ss.reset != nil && nc != nil && len(ss.free) < ss.boundLocked()
+	over := ss.trimLocked()
 	ss.mu.Unlock()
-	go func() {
-		defer ss.wg.Done()
-		ctx, cancel := context.WithTimeout(context.Background(), resetTimeout)
-		err := ss.reset(ctx, s, nc)
-		cancel()
+	ss.closeAll(over)
+	if keep && ss.reset.start(nc) == nil {
 		ss.mu.Lock()
-		ss.resetting--
-		if err == nil && len(ss.free)+ss.resetting < ss.boundLocked() {
+		if len(ss.free) < ss.boundLocked() {
 			ss.free = append(ss.free, s)
 			s = nil
 		}
-		ss.wakeLocked() // with a spare, or fewer resets to wait for
-		ss.held--
-		over := ss.trimLocked()
 		ss.mu.Unlock()
-		ss.closeAll(over)
-		if s != nil {
-			ss.closeSession(s)
-		}
-	}()
+	}
+	if s != nil {
+		ss.closeSession(s)
+	}
 }
 
 // closeSession closes s, which serves no conn.
@@ -232,8 +209,7 @@ func (ss *sessions) closeAll(s []driver.Conn) {
 	}
 }
 
-// close closes every spare and waits for the resets in flight, whose
-// sessions are closed too.
+// close closes every spare.
 func (ss *sessions) close() []error {
 	ss.mu.Lock()
 	ss.closed = true
@@ -249,7 +225,6 @@ func (ss *sessions) close() []error {
 			errs = append(errs, err)
 		}
 	}
-	ss.wg.Wait()
 	return errs
 }
 
@@ -257,5 +232,5 @@ func (ss *sessions) close() []error {
 func (ss *sessions) stats() (spares, bare, live int) {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
-	return len(ss.free) + ss.resetting, ss.bare, ss.live
+	return len(ss.free), ss.bare, ss.live
 }

@@ -437,22 +437,55 @@ func TestSqlmockMySQLNamedCommit(t *testing.T) {
 	if err := dtx.CommitDistributed(ctx, name); err != nil {
 		t.Fatalf("CommitDistributed: %v", err)
 	}
-	// The pool's connection lost its session to the prepared branch. dtx
-	// cannot reset a session of a connector given to NewConnector (it
-	// cannot reach its socket), so the held one is closed after the commit,
-	// not reused, and the connection opens a new one: no session state
-	// passes to another user (see docs/two-phase.md).
+	// Phase two came before the pool's connection was used again, so it ran
+	// on that connection's own session, which the connection keeps: no
+	// other session was opened (see docs/two-phase.md).
 	if _, err := m.db.Exec("INSERT INTO t VALUES (2)"); err != nil {
 		t.Fatal(err)
 	}
-	if n := m.connects.Load(); n != 2 {
-		t.Errorf("%d sessions opened, want 2", n)
+	if n := m.connects.Load(); n != 1 {
+		t.Errorf("%d sessions opened, want 1", n)
 	}
 	// A retry looks whether a database has the name prepared again; none
 	// has, so the registry answers nil.
 	m.mock.ExpectQuery("XA RECOVER").WillReturnRows(sqlmock.NewRows([]string{"formatID", "gtrid_length", "bqual_length", "data"}))
 	if err := dtx.CommitDistributed(ctx, name); err != nil {
 		t.Fatalf("CommitDistributed again: %v", err)
+	}
+	m.met(t)
+}
+
+// The pool's connection is used again before phase two: the prepared
+// branch keeps the session, held, and the connection opens a new one. dtx
+// cannot reset a session of a connector given to NewConnector (it cannot
+// reach its socket), so the held one is closed after the commit, not
+// reused: no session state passes to another user.
+func TestSqlmockMySQLNamedUsedBeforeCommit(t *testing.T) {
+	m := newMock(t, dtx.MySQL)
+	name := mockName("my")
+	x := myXid(name)
+	m.exec("XA START " + x)
+	m.exec("XA END " + x)
+	m.exec("XA PREPARE " + x)
+	m.exec("INSERT INTO t VALUES (2)")
+	m.exec("XA COMMIT " + x)
+	m.exec("INSERT INTO t VALUES (3)")
+
+	tx := beginNamed(t, m.db, name, nil)
+	if err := tx.Commit(); err != nil {
+		t.Fatalf("prepare: %v", err)
+	}
+	if _, err := m.db.Exec("INSERT INTO t VALUES (2)"); err != nil {
+		t.Fatal(err)
+	}
+	if err := dtx.CommitDistributed(context.Background(), name); err != nil {
+		t.Fatalf("CommitDistributed: %v", err)
+	}
+	if _, err := m.db.Exec("INSERT INTO t VALUES (3)"); err != nil {
+		t.Fatal(err)
+	}
+	if n := m.connects.Load(); n != 2 {
+		t.Errorf("%d sessions opened, want 2", n)
 	}
 	m.met(t)
 }

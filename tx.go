@@ -69,7 +69,7 @@ func (t *tx) Commit() error {
 	held, err := t.c.c.dialect().prepare(ctx, t.c, t.e.name)
 	switch {
 	case err == nil:
-		reg.prepared(t.e, held)
+		reg.prepared(t.e, held, t.c)
 	case errors.Is(err, ErrOutcomeUnknown):
 		reg.uncertain(t.e)
 	default:
