@@ -336,7 +336,7 @@ func crTrial(t *testing.T, env *crEnv, spec crTrialSpec, rng *mrand.Rand) (r crR
 		cfg.LogPath = "crlog"
 	}
 
-	hiddenBefore, err := crHidden(ctx, env.myRaw)
+	hiddenBefore, err := bank.Hidden(ctx, env.myRaw)
 	if err != nil {
 		r.harness = err
 		return r
@@ -516,7 +516,7 @@ func crTrial(t *testing.T, env *crEnv, spec crTrialSpec, rng *mrand.Rand) (r crR
 		}
 	}
 	for try := 0; ; try++ {
-		h, err := crHidden(ctx, env.myRaw)
+		h, err := bank.Hidden(ctx, env.myRaw)
 		if err != nil {
 			r.harness = err
 			return r
@@ -671,25 +671,4 @@ func crWithAppName(dsn, name string) (string, error) {
 		return u.String(), nil
 	}
 	return dsn + " application_name=" + name, nil
-}
-
-// crHidden counts MariaDB's detached transactions that XA RECOVER does not
-// list: branches orphaned by the server race described in
-// docs/two-phase.md (they show in InnoDB with thread id 0 but no longer in
-// XA RECOVER). Negative values (attached branches) count as 0.
-func crHidden(ctx context.Context, db *sql.DB) (int, error) {
-	rows, err := db.QueryContext(ctx, "XA RECOVER")
-	if err != nil {
-		return 0, err
-	}
-	listed := 0
-	for rows.Next() {
-		listed++
-	}
-	rows.Close()
-	var detached int
-	if err := db.QueryRowContext(ctx, "SELECT COUNT(*) FROM information_schema.innodb_trx WHERE trx_mysql_thread_id = 0").Scan(&detached); err != nil {
-		return 0, err
-	}
-	return max(0, detached-listed), nil
 }
