@@ -1,0 +1,123 @@
+package faults
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"fmt"
+	mrand "math/rand/v2"
+	"os"
+	"os/signal"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/dtx-go/dtx"
+	"github.com/dtx-go/dtx/internal/bank"
+)
+
+// The coordinators' settings: short, so that within a run's minutes
+// globals time out, nodes take over each other's globals and recovery runs
+// often. A pause of PauseLong outlives the abandon age.
+const (
+	ChildTimeout  = 2 * time.Second
+	ChildGrace    = 4 * time.Second
+	ChildAbandon  = 5 * time.Second
+	ChildInterval = 500 * time.Millisecond
+)
+
+// ChildConfig is what the harness tells a coordinator process, as JSON in
+// FAULTS_CHILD.
+type ChildConfig struct {
+	Node    string
+	Store   string // bank.Store's kind: inpg, inmy, sqlpg, sqlmy
+	Table   string // the store's table
+	PgDSN   string // through the node's proxy
+	MyDSN   string
+	Tables  bank.Tables
+	Workers int
+}
+
+// ChildEnv is the environment variable that carries a ChildConfig.
+const ChildEnv = "FAULTS_CHILD"
+
+// RunChild is a coordinator process: it runs transfers with its workers
+// until SIGTERM, and prints "READY" once its coordinator is open, each
+// global's outcome as "<class> <global>" (bank.Class), and "DRAINED" when,
+// after SIGTERM, every global it began has returned. It returns only on
+// failure; after DRAINED it exits.
+func RunChild(raw string) error {
+	var cfg ChildConfig
+	if err := json.Unmarshal([]byte(raw), &cfg); err != nil {
+		return err
+	}
+	pg, err := sql.Open("dtx+postgres", cfg.PgDSN)
+	if err != nil {
+		return err
+	}
+	my, err := sql.Open("dtx+mysql", cfg.MyDSN)
+	if err != nil {
+		return err
+	}
+	opts := dtx.CoordinatorOptions{
+		Resources:       map[string]*sql.DB{"pg": pg, "my": my},
+		Node:            cfg.Node,
+		Timeout:         ChildTimeout,
+		RecoverGrace:    ChildGrace,
+		AbandonAge:      ChildAbandon,
+		RecoverInterval: ChildInterval,
+	}
+	// The store may be unreachable at start (a partition, a server
+	// restarting): retry as a supervisor restarting the process would.
+	var c *dtx.Coordinator
+	for try := 0; ; try++ {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		err = bank.Store(ctx, &opts, cfg.Store, cfg.Table, cfg.PgDSN, cfg.MyDSN)
+		if err == nil {
+			c, err = dtx.NewCoordinator(opts)
+		}
+		cancel()
+		if err == nil {
+			break
+		}
+		if try == 30 {
+			return fmt.Errorf("opening the coordinator: %w", err)
+		}
+		opts.Log = nil
+		time.Sleep(time.Second)
+	}
+	ctx, stop := context.WithCancel(context.Background())
+	term := make(chan os.Signal, 1)
+	signal.Notify(term, syscall.SIGTERM)
+	go func() { <-term; stop() }()
+	var out sync.Mutex
+	var workers sync.WaitGroup
+	for w := 0; w < cfg.Workers; w++ {
+		workers.Go(func() {
+			rng := mrand.New(mrand.NewPCG(uint64(time.Now().UnixNano()), uint64(w)))
+			for ctx.Err() == nil {
+				var gid string
+				fn := bank.Transfer(cfg.Tables, rng)
+				// Not ctx: a drain lets every global begun finish.
+				err := c.Do(context.WithoutCancel(ctx), func(ctx context.Context, g *dtx.Global) error {
+					gid = g.ID()
+					return fn(ctx, g)
+				})
+				if gid != "" {
+					out.Lock()
+					fmt.Println(bank.Class(err), gid)
+					out.Unlock()
+				}
+				if err != nil {
+					time.Sleep(10 * time.Millisecond)
+				}
+			}
+		})
+	}
+	fmt.Println("READY")
+	workers.Wait()
+	c.Close()
+	fmt.Println("DRAINED")
+	os.Exit(0)
+	return nil
+}
