@@ -1,7 +1,6 @@
 package dtx_test
 
 import (
-	"bufio"
 	"context"
 	"database/sql"
 	"encoding/json"
@@ -10,7 +9,6 @@ import (
 	"os"
 	"os/exec"
 	"strconv"
-	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -54,30 +52,7 @@ func crMultiChild(ctx context.Context, cfg crConfig, opts dtx.CoordinatorOptions
 	if err != nil {
 		return err
 	}
-	var out sync.Mutex
-	for w := 0; w < cfg.Workers; w++ {
-		go func() {
-			rng := mrand.New(mrand.NewPCG(uint64(time.Now().UnixNano()), uint64(w)))
-			for {
-				var gid string
-				fn := bank.Transfer(cfg.tables(), rng)
-				err := c.Do(ctx, func(ctx context.Context, g *dtx.Global) error {
-					gid = g.ID()
-					return fn(ctx, g)
-				})
-				if gid == "" {
-					time.Sleep(10 * time.Millisecond)
-					continue
-				}
-				out.Lock()
-				fmt.Println(bank.Class(err), gid)
-				out.Unlock()
-				if err != nil {
-					time.Sleep(10 * time.Millisecond)
-				}
-			}
-		}()
-	}
+	go bank.Work(ctx, ctx, c, cfg.tables(), cfg.Workers)
 	fmt.Println("READY")
 	select {}
 }
@@ -222,18 +197,15 @@ func (tr *cmTrial) start(node string) (*cmNode, error) {
 	ready := make(chan struct{})
 	go func() {
 		defer close(n.done)
-		sc := bufio.NewScanner(stdout)
-		for sc.Scan() {
-			class, gid, ok := strings.Cut(sc.Text(), " ")
-			switch {
-			case class == "READY":
+		bank.Scan(stdout, func(line string) {
+			if line == "READY" {
 				close(ready)
-			case ok:
-				tr.mu.Lock()
-				tr.outcomes[gid] = class
-				tr.mu.Unlock()
 			}
-		}
+		}, func(gid, class string) {
+			tr.mu.Lock()
+			tr.outcomes[gid] = class
+			tr.mu.Unlock()
+		})
 		cmd.Wait()
 	}()
 	select {
@@ -317,18 +289,12 @@ func (tr *cmTrial) recoverAll(ctx context.Context, myDB string) error {
 // left counts the branches of the trial's nodes still prepared.
 func (tr *cmTrial) left(ctx context.Context) (int, error) {
 	n := 0
-	for _, db := range []*sql.DB{tr.env.pg, tr.env.my} {
-		ps, err := dtx.ListPrepared(ctx, db)
+	for _, node := range tr.nodes {
+		k, err := bank.Prepared(ctx, "g."+node+".", tr.env.pg, tr.env.my)
 		if err != nil {
 			return 0, err
 		}
-		for _, p := range ps {
-			for _, node := range tr.nodes {
-				if strings.HasPrefix(p.Name, "g."+node+".") {
-					n++
-				}
-			}
-		}
+		n += k
 	}
 	return n, nil
 }

@@ -90,16 +90,13 @@ func TestCrashChild(t *testing.T) {
 
 func crChild(cfg crConfig) error {
 	ctx := context.Background()
-	pg, err := sql.Open("dtx+postgres", cfg.PgDSN)
+	res, err := bank.Open(cfg.PgDSN, cfg.MyDSN)
 	if err != nil {
 		return err
 	}
-	my, err := sql.Open("dtx+mysql", cfg.MyDSN)
-	if err != nil {
-		return err
-	}
+	pg, my := res["pg"], res["my"]
 	opts := dtx.CoordinatorOptions{
-		Resources:       map[string]*sql.DB{"pg": pg, "my": my},
+		Resources:       res,
 		Node:            cfg.Node,
 		Timeout:         10 * time.Second,
 		RecoverInterval: -1,
@@ -547,17 +544,9 @@ func crTrial(t *testing.T, env *crEnv, spec crTrialSpec, rng *mrand.Rand) (r crR
 
 // crLeft counts what the node still has prepared or pending.
 func crLeft(ctx context.Context, env *crEnv, log dtx.Log, node, prefix string) (int, error) {
-	n := 0
-	for _, db := range []*sql.DB{env.pg, env.my} {
-		ps, err := dtx.ListPrepared(ctx, db)
-		if err != nil {
-			return 0, err
-		}
-		for _, p := range ps {
-			if strings.HasPrefix(p.Name, prefix) {
-				n++
-			}
-		}
+	n, err := bank.Prepared(ctx, prefix, env.pg, env.my)
+	if err != nil {
+		return 0, err
 	}
 	ds, err := log.Pending(ctx, node)
 	return n + len(ds), err

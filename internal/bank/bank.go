@@ -6,14 +6,17 @@
 package bank
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"database/sql"
 	"errors"
 	"fmt"
+	"io"
 	mrand "math/rand/v2"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/dtx-go/dtx"
 )
@@ -322,4 +325,86 @@ func (c *Capped) String() string {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return strings.TrimSpace(c.buf.String())
+}
+
+// Open opens the two resources of the workload through dtx's drivers, as
+// the Coordinator's "pg" and "my".
+func Open(pgDSN, myDSN string) (map[string]*sql.DB, error) {
+	pg, err := sql.Open("dtx+postgres", pgDSN)
+	if err != nil {
+		return nil, err
+	}
+	my, err := sql.Open("dtx+mysql", myDSN)
+	if err != nil {
+		pg.Close()
+		return nil, err
+	}
+	return map[string]*sql.DB{"pg": pg, "my": my}, nil
+}
+
+// Run runs one transfer as a global of c and returns its id ("" when Do
+// failed before the global began) and the class of its outcome.
+func Run(ctx context.Context, c *dtx.Coordinator, t Tables, rng *mrand.Rand) (global, class string) {
+	fn := Transfer(t, rng)
+	err := c.Do(ctx, func(ctx context.Context, g *dtx.Global) error {
+		global = g.ID()
+		return fn(ctx, g)
+	})
+	return global, Class(err)
+}
+
+// Work runs n workers of transfers on c until stop ends (each global under
+// ctx) and waits for them; each global's outcome goes to stdout as
+// "<class> <global>", for Scan.
+func Work(stop, ctx context.Context, c *dtx.Coordinator, t Tables, n int) {
+	var out sync.Mutex
+	var workers sync.WaitGroup
+	for w := 0; w < n; w++ {
+		workers.Go(func() {
+			rng := mrand.New(mrand.NewPCG(uint64(time.Now().UnixNano()), uint64(w)))
+			for stop.Err() == nil {
+				global, class := Run(ctx, c, t, rng)
+				if global != "" {
+					out.Lock()
+					fmt.Println(class, global)
+					out.Unlock()
+				}
+				if class != OK {
+					time.Sleep(10 * time.Millisecond)
+				}
+			}
+		})
+	}
+	workers.Wait()
+}
+
+// Scan reads a node's stdout: lines "<class> <global>" go to outcome, any
+// other line (READY) to control.
+func Scan(r io.Reader, control func(line string), outcome func(global, class string)) {
+	sc := bufio.NewScanner(r)
+	for sc.Scan() {
+		if class, global, ok := strings.Cut(sc.Text(), " "); ok {
+			outcome(global, class)
+		} else {
+			control(sc.Text())
+		}
+	}
+}
+
+// Prepared counts the branches prepared on dbs whose names start with
+// prefix.
+func Prepared(ctx context.Context, prefix string, dbs ...*sql.DB) (int, error) {
+	n := 0
+	for _, db := range dbs {
+		ps, err := dtx.ListPrepared(ctx, db)
+		if err != nil {
+			return 0, err
+		}
+		for _, p := range ps {
+			if strings.HasPrefix(p.Name, prefix) {
+				n++
+			}
+		}
+	}
+	return n, nil
 }

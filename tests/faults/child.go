@@ -2,13 +2,10 @@ package faults
 
 import (
 	"context"
-	"database/sql"
 	"encoding/json"
 	"fmt"
-	mrand "math/rand/v2"
 	"os"
 	"os/signal"
-	"sync"
 	"syscall"
 	"time"
 
@@ -51,16 +48,12 @@ func RunChild(raw string) error {
 	if err := json.Unmarshal([]byte(raw), &cfg); err != nil {
 		return err
 	}
-	pg, err := sql.Open("dtx+postgres", cfg.PgDSN)
-	if err != nil {
-		return err
-	}
-	my, err := sql.Open("dtx+mysql", cfg.MyDSN)
+	res, err := bank.Open(cfg.PgDSN, cfg.MyDSN)
 	if err != nil {
 		return err
 	}
 	opts := dtx.CoordinatorOptions{
-		Resources:       map[string]*sql.DB{"pg": pg, "my": my},
+		Resources:       res,
 		Node:            cfg.Node,
 		Timeout:         ChildTimeout,
 		RecoverGrace:    ChildGrace,
@@ -90,32 +83,10 @@ func RunChild(raw string) error {
 	term := make(chan os.Signal, 1)
 	signal.Notify(term, syscall.SIGTERM)
 	go func() { <-term; stop() }()
-	var out sync.Mutex
-	var workers sync.WaitGroup
-	for w := 0; w < cfg.Workers; w++ {
-		workers.Go(func() {
-			rng := mrand.New(mrand.NewPCG(uint64(time.Now().UnixNano()), uint64(w)))
-			for ctx.Err() == nil {
-				var gid string
-				fn := bank.Transfer(cfg.Tables, rng)
-				// Not ctx: a drain lets every global begun finish.
-				err := c.Do(context.WithoutCancel(ctx), func(ctx context.Context, g *dtx.Global) error {
-					gid = g.ID()
-					return fn(ctx, g)
-				})
-				if gid != "" {
-					out.Lock()
-					fmt.Println(bank.Class(err), gid)
-					out.Unlock()
-				}
-				if err != nil {
-					time.Sleep(10 * time.Millisecond)
-				}
-			}
-		})
-	}
 	fmt.Println("READY")
-	workers.Wait()
+	// Globals run under a context SIGTERM does not cancel: a drain lets
+	// every global begun finish.
+	bank.Work(ctx, context.WithoutCancel(ctx), c, cfg.Tables, cfg.Workers)
 	c.Close()
 	fmt.Println("DRAINED")
 	os.Exit(0)

@@ -1,14 +1,12 @@
 package faults
 
 import (
-	"bufio"
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
-	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -111,20 +109,18 @@ func (c *Cluster) Start(s *Slot, node string) error {
 	ready := make(chan struct{})
 	go func() {
 		defer close(p.done)
-		sc := bufio.NewScanner(stdout)
-		for sc.Scan() {
-			class, gid, ok := strings.Cut(sc.Text(), " ")
-			switch {
-			case class == "READY":
+		bank.Scan(stdout, func(line string) {
+			switch line {
+			case "READY":
 				close(ready)
-			case class == "DRAINED":
+			case "DRAINED":
 				close(p.drained)
-			case ok:
-				c.mu.Lock()
-				c.outcome[gid] = class
-				c.mu.Unlock()
 			}
-		}
+		}, func(gid, class string) {
+			c.mu.Lock()
+			c.outcome[gid] = class
+			c.mu.Unlock()
+		})
 		cmd.Wait()
 	}()
 	select {

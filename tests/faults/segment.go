@@ -5,7 +5,6 @@ import (
 	"database/sql"
 	"fmt"
 	mrand "math/rand/v2"
-	"strings"
 	"time"
 
 	"github.com/dtx-go/dtx"
@@ -150,19 +149,7 @@ func (e *Env) recover(ctx context.Context, r *Result, store, table string) error
 // prepared counts the coordinators' branches prepared on both servers (the
 // servers are the run's own: every branch is theirs).
 func (e *Env) prepared(ctx context.Context) (int, error) {
-	n := 0
-	for _, db := range []*sql.DB{e.PgDTX, e.MyDTX} {
-		ps, err := dtx.ListPrepared(ctx, db)
-		if err != nil {
-			return 0, err
-		}
-		for _, p := range ps {
-			if strings.HasPrefix(p.Name, "g.") {
-				n++
-			}
-		}
-	}
-	return n, nil
+	return bank.Prepared(ctx, "g.", e.PgDTX, e.MyDTX)
 }
 
 func (e *Env) pending(ctx context.Context, store, table string) (int, error) {
