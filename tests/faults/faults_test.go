@@ -129,6 +129,18 @@ func TestFaults(t *testing.T) {
 	}()
 	defer signal.Stop(sig)
 
+	vs, err := env.Control(ctx)
+	if err != nil {
+		t.Fatalf("control: %v", err)
+	}
+	want := []string{"committed in PostgreSQL only", "reported OK but not committed", "1 branches left prepared"}
+	for _, w := range want {
+		if !strings.Contains(strings.Join(vs, "\n"), w) {
+			t.Fatalf("control: the checks missed %q; they said %q", w, vs)
+		}
+	}
+	t.Logf("control (damaged on purpose): the checks saw %q", vs)
+
 	rng := mrand.New(mrand.NewPCG(cfg.seed, 0x5eed))
 	var results []*Result
 	start := time.Now()

@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
+	"strings"
 	mrand "math/rand/v2"
 	"time"
 
@@ -81,7 +82,7 @@ func (e *Env) Segment(ctx context.Context, id, store string, d time.Duration, rn
 	if err := e.recover(ctx, r, store, table); err != nil {
 		return nil, err
 	}
-	if err := e.check(ctx, r, c, store, table, tables); err != nil {
+	if err := e.check(ctx, r, c.Outcomes(), store, table, tables); err != nil {
 		return nil, err
 	}
 	r.Stderr = c.Stderr.String()
@@ -162,8 +163,7 @@ func (e *Env) pending(ctx context.Context, store, table string) (int, error) {
 	return len(ds), err
 }
 
-func (e *Env) check(ctx context.Context, r *Result, c *Cluster, store, table string, tables bank.Tables) error {
-	outcomes := c.Outcomes()
+func (e *Env) check(ctx context.Context, r *Result, outcomes map[string]string, store, table string, tables bank.Tables) error {
 	for _, class := range outcomes {
 		r.Outcomes[class]++
 		if class == bank.OK || class == bank.Pending {
@@ -213,4 +213,29 @@ func (e *Env) rollbackLeft(ctx context.Context) {
 			dtx.RollbackPrepared(ctx, db, p.Name)
 		}
 	}
+}
+
+// Control damages a world on purpose and returns what the checks say of
+// it: a marker committed in PostgreSQL only, a global reported committed
+// that is in neither database, a branch left prepared. The checks must
+// report all three, or they cannot be trusted to see what they look for.
+func (e *Env) Control(ctx context.Context) ([]string, error) {
+	tables := bank.Tables{PgAcct: "acct_ctl", PgMark: "mark_ctl", MyAcct: "acct_ctl", MyMark: "mark_ctl"}
+	if err := bank.Setup(ctx, e.PgRaw, e.MyRaw, tables); err != nil {
+		return nil, err
+	}
+	defer e.rollbackLeft(ctx)
+	if _, err := e.PgRaw.ExecContext(ctx, "INSERT INTO mark_ctl VALUES ('half')"); err != nil {
+		return nil, err
+	}
+	name := "g.fctl." + strings.Repeat("0", 32) + ".0"
+	if err := dtx.BeginDistributed(ctx, e.PgDTX, name, func(tx *sql.Tx) error {
+		_, err := tx.ExecContext(ctx, "UPDATE acct_ctl SET bal = bal + 1 WHERE id = 1")
+		return err
+	}); err != nil {
+		return nil, err
+	}
+	r := &Result{Outcomes: map[string]int{}}
+	err := e.check(ctx, r, map[string]string{"acked": bank.OK}, "sqlpg", "dec_ctl", tables)
+	return r.Violations, err
 }
