@@ -4,8 +4,8 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
-	"strings"
 	mrand "math/rand/v2"
+	"strings"
 	"time"
 
 	"github.com/dtx-go/dtx"
