@@ -11,6 +11,19 @@ import (
 	"sync"
 )
 
+// Env is what every segment of a run shares: the servers, the slots
+// (namespaces and proxies), the harness's own pools.
+type Env struct {
+	Srv          *Servers
+	Slots        []*Slot
+	Binary       string // the test binary, re-executed as a coordinator
+	Kinds        []Kind
+	Workers      int
+	PgRaw, MyRaw *sql.DB // plain drivers, as the harness users
+	PgDTX, MyDTX *sql.DB // dtx drivers, for recovery
+	Logf         func(string, ...any)
+}
+
 // NewEnv starts the servers and builds the slots: with namespaces when
 // useNetns, each slot's proxies on its pairs' host addresses; otherwise on
 // loopback, and the kinds lose Partition. It returns a cleanup function

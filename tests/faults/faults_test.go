@@ -155,7 +155,7 @@ func TestFaults(t *testing.T) {
 			t.Fatalf("segment %d (%s): harness: %v", i+1, store, err)
 		}
 		results = append(results, r)
-		t.Logf("segment %d: %s, %v: faults %v, outcomes %v, %d violation(s)", i+1, store, r.Duration.Round(time.Second), r.Faults, r.Outcomes, len(r.Violations))
+		t.Logf("segment %d: %s, %v: faults %v, outcomes %v, %d recovery pass(es), %d coordinator(s) killed at the drain, %d violation(s)", i+1, store, r.Duration.Round(time.Second), r.Faults, r.Outcomes, r.Passes, r.Killed, len(r.Violations))
 		for _, v := range r.Violations {
 			t.Errorf("segment %d (%s): %s", i+1, store, v)
 		}

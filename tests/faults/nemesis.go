@@ -258,25 +258,3 @@ func (n *Nemesis) Missed() int {
 	defer n.mu.Unlock()
 	return n.missed
 }
-
-// HealAll ends every network fault and resumes every process.
-func (c *Cluster) HealAll() error {
-	var errs []error
-	for _, s := range c.Slots {
-		for _, db := range []string{"pg", "my"} {
-			s.Proxy[db].Heal(false)
-			if s.Net != nil {
-				if err := s.Net.Heal(db); err != nil {
-					errs = append(errs, err)
-				}
-			}
-		}
-		s.mu.Lock()
-		s.Signal(syscall.SIGCONT)
-		s.mu.Unlock()
-	}
-	if len(errs) > 0 {
-		return fmt.Errorf("heal: %v", errs)
-	}
-	return nil
-}

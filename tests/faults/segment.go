@@ -12,19 +12,6 @@ import (
 	"github.com/dtx-go/dtx/internal/bank"
 )
 
-// Env is what every segment of a run shares: the servers, the slots
-// (namespaces and proxies), the harness's own pools.
-type Env struct {
-	Srv          *Servers
-	Slots        []*Slot
-	Binary       string // the test binary, re-executed as a coordinator
-	Kinds        []Kind
-	Workers      int
-	PgRaw, MyRaw *sql.DB // plain drivers, as the harness users
-	PgDTX, MyDTX *sql.DB // dtx drivers, for recovery
-	Logf         func(string, ...any)
-}
-
 // Result is one segment's outcome.
 type Result struct {
 	Store      string
