@@ -200,8 +200,14 @@ func (n *Nemesis) apply(ctx context.Context, f fault) {
 		s.Proxy[f.db].Heal(f.cutAfter)
 	case DropReply:
 		p := s.Proxy[f.db]
+		dur := f.dur
+		if f.wait {
+			// Guaranteed: a statement every global sends, and time for a
+			// paused or restarting node to send it.
+			f.pattern, dur = map[string]string{"pg": "COMMIT", "my": "XA PREPARE"}[f.db], 60*time.Second
+		}
 		p.DropReplyTo(f.pattern)
-		deadline := time.Now().Add(f.dur)
+		deadline := time.Now().Add(dur)
 		for p.Armed() && time.Now().Before(deadline) {
 			time.Sleep(20 * time.Millisecond)
 		}
