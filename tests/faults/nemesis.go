@@ -204,7 +204,7 @@ func (n *Nemesis) apply(ctx context.Context, f fault) {
 		if f.wait {
 			// Guaranteed: a statement every global sends, and time for a
 			// paused or restarting node to send it.
-			f.pattern, dur = map[string]string{"pg": "COMMIT", "my": "XA PREPARE"}[f.db], 60*time.Second
+			f.pattern, dur = "COMMIT", 60*time.Second
 		}
 		p.DropReplyTo(f.pattern)
 		deadline := time.Now().Add(dur)
