@@ -1,23 +1,21 @@
 package dtx_test
 
 import (
-	"bufio"
 	"context"
 	"database/sql"
 	"encoding/json"
-	"errors"
 	"fmt"
 	mrand "math/rand/v2"
 	"os"
 	"os/exec"
 	"strconv"
-	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/dtx-go/dtx"
+	"github.com/dtx-go/dtx/internal/bank"
 	"github.com/go-sql-driver/mysql"
 )
 
@@ -54,49 +52,9 @@ func crMultiChild(ctx context.Context, cfg crConfig, opts dtx.CoordinatorOptions
 	if err != nil {
 		return err
 	}
-	var out sync.Mutex
-	for w := 0; w < cfg.Workers; w++ {
-		go func() {
-			rng := mrand.New(mrand.NewPCG(uint64(time.Now().UnixNano()), uint64(w)))
-			for {
-				var gid string
-				fn := crTransfer(cfg, rng)
-				err := c.Do(ctx, func(ctx context.Context, g *dtx.Global) error {
-					gid = g.ID()
-					return fn(ctx, g)
-				})
-				if gid == "" {
-					time.Sleep(10 * time.Millisecond)
-					continue
-				}
-				out.Lock()
-				fmt.Println(cmClass(err), gid)
-				out.Unlock()
-				if err != nil {
-					time.Sleep(10 * time.Millisecond)
-				}
-			}
-		}()
-	}
+	go bank.Work(ctx, ctx, c, cfg.tables(), cfg.Workers)
 	fmt.Println("READY")
 	select {}
-}
-
-// cmClass names the outcome Do reported.
-func cmClass(err error) string {
-	switch {
-	case err == nil:
-		return "OK"
-	case errors.Is(err, dtx.ErrHeuristic):
-		return "HEUR"
-	case errors.Is(err, dtx.ErrPending):
-		return "PEND"
-	case errors.Is(err, dtx.ErrOutcomeUnknown):
-		return "UNK"
-	case errors.Is(err, dtx.ErrRolledBack):
-		return "RB"
-	}
-	return "ERR"
 }
 
 // cmNode is one running child.
@@ -116,7 +74,7 @@ type cmTrial struct {
 	mu       sync.Mutex
 	outcomes map[string]string // global -> class
 	nodes    []string          // every node id used
-	stderr   crCapped
+	stderr   bank.Capped
 	actions  map[string]int
 }
 
@@ -149,7 +107,7 @@ func TestCrashMulti(t *testing.T) {
 		globals += len(tr.outcomes)
 		violations += len(vs)
 		left += n
-		heur += counts["HEUR"]
+		heur += counts[bank.Heuristic]
 		for a, k := range tr.actions {
 			actions[a] += k
 		}
@@ -239,18 +197,15 @@ func (tr *cmTrial) start(node string) (*cmNode, error) {
 	ready := make(chan struct{})
 	go func() {
 		defer close(n.done)
-		sc := bufio.NewScanner(stdout)
-		for sc.Scan() {
-			class, gid, ok := strings.Cut(sc.Text(), " ")
-			switch {
-			case class == "READY":
+		bank.Scan(stdout, func(line string) {
+			if line == "READY" {
 				close(ready)
-			case ok:
-				tr.mu.Lock()
-				tr.outcomes[gid] = class
-				tr.mu.Unlock()
 			}
-		}
+		}, func(gid, class string) {
+			tr.mu.Lock()
+			tr.outcomes[gid] = class
+			tr.mu.Unlock()
+		})
 		cmd.Wait()
 	}()
 	select {
@@ -312,7 +267,7 @@ func (tr *cmTrial) recoverAll(ctx context.Context, myDB string) error {
 		AbandonAge:      time.Nanosecond,
 		RecoverInterval: -1,
 	}
-	closeStore, err := crStore(ctx, &opts, tr.kind, tr.cfg.LogPath, tr.env.pgDSN, tr.cfg.MyDSN)
+	closeStore, err := bank.Store(ctx, &opts, tr.kind, tr.cfg.LogPath, tr.env.pgDSN, tr.cfg.MyDSN)
 	if err != nil {
 		return err
 	}
@@ -336,18 +291,12 @@ func (tr *cmTrial) recoverAll(ctx context.Context, myDB string) error {
 // left counts the branches of the trial's nodes still prepared.
 func (tr *cmTrial) left(ctx context.Context) (int, error) {
 	n := 0
-	for _, db := range []*sql.DB{tr.env.pg, tr.env.my} {
-		ps, err := dtx.ListPrepared(ctx, db)
+	for _, node := range tr.nodes {
+		k, err := bank.Prepared(ctx, "g."+node+".", tr.env.pg, tr.env.my)
 		if err != nil {
 			return 0, err
 		}
-		for _, p := range ps {
-			for _, node := range tr.nodes {
-				if strings.HasPrefix(p.Name, "g."+node+".") {
-					n++
-				}
-			}
-		}
+		n += k
 	}
 	return n, nil
 }
@@ -359,50 +308,13 @@ func (tr *cmTrial) check(ctx context.Context, myDB string) ([]string, int, error
 		return nil, 0, err
 	}
 	defer myRaw.Close()
-	var pgSum, mySum int64
-	if err := tr.env.pgRaw.QueryRowContext(ctx, "SELECT COALESCE(SUM(bal), 0) FROM "+tr.cfg.PgAcct).Scan(&pgSum); err != nil {
-		return nil, 0, err
-	}
-	if err := myRaw.QueryRowContext(ctx, "SELECT COALESCE(SUM(bal), 0) FROM acct").Scan(&mySum); err != nil {
-		return nil, 0, err
-	}
-	if pgSum+mySum != 2*crAccounts*crInitial {
-		vs = append(vs, fmt.Sprintf("sum of balances %d+%d, want %d", pgSum, mySum, 2*crAccounts*crInitial))
-	}
-	pm, err := crSet(ctx, tr.env.pgRaw, "SELECT gid FROM "+tr.cfg.PgMark)
-	if err != nil {
-		return nil, 0, err
-	}
-	mm, err := crSet(ctx, myRaw, "SELECT gid FROM mark")
-	if err != nil {
-		return nil, 0, err
-	}
-	for g := range pm {
-		if !mm[g] {
-			vs = append(vs, "global "+g+" committed in PostgreSQL only")
-		}
-	}
-	for g := range mm {
-		if !pm[g] {
-			vs = append(vs, "global "+g+" committed in MariaDB only")
-		}
-	}
 	tr.mu.Lock()
-	for g, class := range tr.outcomes {
-		switch class {
-		case "OK", "PEND":
-			if !pm[g] {
-				vs = append(vs, fmt.Sprintf("global %s reported %s but not committed", g, class))
-			}
-		case "RB":
-			if pm[g] {
-				vs = append(vs, "global "+g+" reported rolled back but committed")
-			}
-		case "HEUR":
-			vs = append(vs, "global "+g+" reported a heuristic outcome")
-		}
-	}
+	res, err := bank.Check(ctx, tr.env.pgRaw, myRaw, tr.cfg.tables(), tr.outcomes)
 	tr.mu.Unlock()
+	if err != nil {
+		return nil, 0, err
+	}
+	vs = append(vs, res.Violations...)
 	n, err := tr.left(ctx)
 	if err != nil {
 		return nil, 0, err
@@ -410,7 +322,7 @@ func (tr *cmTrial) check(ctx context.Context, myDB string) ([]string, int, error
 	if n > 0 {
 		vs = append(vs, fmt.Sprintf("%d branches left prepared", n))
 	}
-	log, closeLog, err := crOpenLog(ctx, tr.kind, tr.cfg.LogPath, tr.env.pgDSN, tr.cfg.MyDSN)
+	log, closeLog, err := bank.OpenLog(ctx, tr.kind, tr.cfg.LogPath, tr.env.pgDSN, tr.cfg.MyDSN)
 	if err != nil {
 		return nil, 0, err
 	}

@@ -2,7 +2,6 @@ package dtx_test
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"database/sql"
 	"encoding/json"
@@ -14,13 +13,13 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/dtx-go/dtx"
+	"github.com/dtx-go/dtx/internal/bank"
 	"github.com/go-sql-driver/mysql"
 )
 
@@ -56,11 +55,7 @@ var crPoints = []string{
 // 0 or 1 at random.
 var crKinds = []string{"file", "sqlpg", "sqlmy", "inpg", "inmy"}
 
-const (
-	crAccounts = 4
-	crInitial  = 1000
-	crRandom   = "random"
-)
+const crRandom = "random"
 
 // crConfig is what the parent tells the child, as JSON in DTX_CRASH_CHILD.
 type crConfig struct {
@@ -95,21 +90,18 @@ func TestCrashChild(t *testing.T) {
 
 func crChild(cfg crConfig) error {
 	ctx := context.Background()
-	pg, err := sql.Open("dtx+postgres", cfg.PgDSN)
+	res, err := bank.Open(cfg.PgDSN, cfg.MyDSN)
 	if err != nil {
 		return err
 	}
-	my, err := sql.Open("dtx+mysql", cfg.MyDSN)
-	if err != nil {
-		return err
-	}
+	pg, my := res["pg"], res["my"]
 	opts := dtx.CoordinatorOptions{
-		Resources:       map[string]*sql.DB{"pg": pg, "my": my},
+		Resources:       res,
 		Node:            cfg.Node,
 		Timeout:         10 * time.Second,
 		RecoverInterval: -1,
 	}
-	closeStore, err := crStore(ctx, &opts, cfg.Log, cfg.LogPath, cfg.PgDSN, cfg.MyDSN)
+	closeStore, err := bank.Store(ctx, &opts, cfg.Log, cfg.LogPath, cfg.PgDSN, cfg.MyDSN)
 	if err != nil {
 		return err
 	}
@@ -147,9 +139,9 @@ func crChild(cfg crConfig) error {
 			for {
 				var fn func(context.Context, *dtx.Global) error
 				if rng.IntN(onePhaseEvery) == 0 {
-					fn = crOnePhase(cfg, rng)
+					fn = bank.OnePhase(cfg.tables(), rng)
 				} else {
-					fn = crTransfer(cfg, rng)
+					fn = bank.Transfer(cfg.tables(), rng)
 				}
 				if err := c.Do(ctx, fn); err != nil {
 					if n := errs.Add(1); n <= 5 {
@@ -165,122 +157,9 @@ func crChild(cfg crConfig) error {
 	return fmt.Errorf("not killed after 90s (kill point %q not reached? %d globals failed)", cfg.Point, errs.Load())
 }
 
-// crTransfer moves a random amount between a random PostgreSQL account and
-// a random MariaDB account, either way, and writes the global's marker into
-// both. The branches begin in random order (so branch 0 is either), but the
-// statements always run PostgreSQL first: globals never wait for each
-// other's locks in a cycle across the two databases.
-func crTransfer(cfg crConfig, rng *mrand.Rand) func(context.Context, *dtx.Global) error {
-	amount := int64(rng.IntN(100) + 1)
-	if rng.IntN(2) == 0 {
-		amount = -amount
-	}
-	pgID, myID := rng.IntN(crAccounts)+1, rng.IntN(crAccounts)+1
-	pgFirst := rng.IntN(2) == 0
-	return func(ctx context.Context, g *dtx.Global) error {
-		var ptx, mtx *sql.Tx
-		var err error
-		for _, r := range map[bool][]string{true: {"pg", "my"}, false: {"my", "pg"}}[pgFirst] {
-			tx, err := g.Begin(ctx, r, nil)
-			if err != nil {
-				return err
-			}
-			if r == "pg" {
-				ptx = tx
-			} else {
-				mtx = tx
-			}
-		}
-		if _, err = ptx.ExecContext(ctx, "UPDATE "+cfg.PgAcct+" SET bal = bal - $1 WHERE id = $2", amount, pgID); err != nil {
-			return err
-		}
-		if _, err = ptx.ExecContext(ctx, "INSERT INTO "+cfg.PgMark+" VALUES ($1)", g.ID()); err != nil {
-			return err
-		}
-		if _, err = mtx.ExecContext(ctx, "UPDATE acct SET bal = bal + ? WHERE id = ?", amount, myID); err != nil {
-			return err
-		}
-		_, err = mtx.ExecContext(ctx, "INSERT INTO mark VALUES (?)", g.ID())
-		return err
-	}
-}
-
-// crOnePhase moves money between two accounts of one database: a global of
-// one branch, committed in one phase; no marker.
-func crOnePhase(cfg crConfig, rng *mrand.Rand) func(context.Context, *dtx.Global) error {
-	amount := int64(rng.IntN(100) + 1)
-	a := rng.IntN(crAccounts) + 1
-	b := a%crAccounts + 1
-	lo, hi := min(a, b), max(a, b) // lock in id order
-	dlo, dhi := -amount, amount
-	if a != lo {
-		dlo, dhi = amount, -amount
-	}
-	onPG := rng.IntN(2) == 0
-	return func(ctx context.Context, g *dtx.Global) error {
-		res, q := "my", "UPDATE acct SET bal = bal + ? WHERE id = ?"
-		if onPG {
-			res, q = "pg", "UPDATE "+cfg.PgAcct+" SET bal = bal + $1 WHERE id = $2"
-		}
-		tx, err := g.Begin(ctx, res, nil)
-		if err != nil {
-			return err
-		}
-		if _, err := tx.ExecContext(ctx, q, dlo, lo); err != nil {
-			return err
-		}
-		_, err = tx.ExecContext(ctx, q, dhi, hi)
-		return err
-	}
-}
-
-// crStore sets opts up to keep outcomes in the store of kind: a log of its
-// own, or (inpg, inmy) a table of a resource, named path. The function it
-// returns closes the log and its pool (a no-op for inpg and inmy).
-func crStore(ctx context.Context, opts *dtx.CoordinatorOptions, kind, path, pgDSN, myDSN string) (func(), error) {
-	switch kind {
-	case "inpg", "inmy":
-		opts.DecisionResource = map[string]string{"inpg": "pg", "inmy": "my"}[kind]
-		opts.DecisionTable = path
-		return func() {}, nil
-	}
-	log, closeLog, err := crOpenLog(ctx, kind, path, pgDSN, myDSN)
-	if err != nil {
-		return nil, err
-	}
-	opts.Log = log
-	return closeLog, nil
-}
-
-// crOpenLog opens a log and returns it with a function that closes it and
-// the pool it uses. The decision tables of inpg and inmy open as the SQL
-// logs they are, through the plain drivers, for reading.
-func crOpenLog(ctx context.Context, kind, path, pgDSN, myDSN string) (dtx.Log, func(), error) {
-	var db *sql.DB
-	var err error
-	switch kind {
-	case "file":
-		l, err := dtx.OpenFileLog(path)
-		if err != nil {
-			return nil, nil, err
-		}
-		return l, func() { l.Close() }, nil
-	case "sqlpg", "inpg":
-		db, err = sql.Open("postgres", pgDSN)
-	case "sqlmy", "inmy":
-		db, err = sql.Open("mysql", myDSN)
-	default:
-		return nil, nil, fmt.Errorf("unknown log kind %q", kind)
-	}
-	if err != nil {
-		return nil, nil, err
-	}
-	l, err := dtx.OpenSQLLog(ctx, db, path)
-	if err != nil {
-		db.Close()
-		return nil, nil, err
-	}
-	return l, func() { db.Close() }, nil
+// tables are the child's tables: MariaDB's in the trial's own database.
+func (c crConfig) tables() bank.Tables {
+	return bank.Tables{PgAcct: c.PgAcct, PgMark: c.PgMark, MyAcct: "acct", MyMark: "mark"}
 }
 
 // ---- parent ----
@@ -456,7 +335,7 @@ func crTrial(t *testing.T, env *crEnv, spec crTrialSpec, rng *mrand.Rand) (r crR
 		cfg.LogPath = "crlog"
 	}
 
-	hiddenBefore, err := crHidden(ctx, env.myRaw)
+	hiddenBefore, err := bank.Hidden(ctx, env.myRaw)
 	if err != nil {
 		r.harness = err
 		return r
@@ -466,7 +345,7 @@ func crTrial(t *testing.T, env *crEnv, spec crTrialSpec, rng *mrand.Rand) (r crR
 	js, _ := json.Marshal(cfg)
 	cmd := exec.Command(os.Args[0], "-test.run=^TestCrashChild$", "-test.count=1", "-test.timeout=10m")
 	cmd.Env = append(os.Environ(), "DTX_CRASH_CHILD="+string(js))
-	var stderr crCapped
+	var stderr bank.Capped
 	cmd.Stderr = &stderr
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
@@ -537,7 +416,7 @@ func crTrial(t *testing.T, env *crEnv, spec crTrialSpec, rng *mrand.Rand) (r crR
 			}
 		}
 	}
-	log, closeLog, err := crOpenLog(ctx, spec.log, logPath, env.pgDSN, myDSN)
+	log, closeLog, err := bank.OpenLog(ctx, spec.log, logPath, env.pgDSN, myDSN)
 	if err != nil {
 		r.harness = fmt.Errorf("reopening the log: %w", err)
 		return r
@@ -559,7 +438,7 @@ func crTrial(t *testing.T, env *crEnv, spec crTrialSpec, rng *mrand.Rand) (r crR
 	if strings.HasPrefix(spec.log, "in") {
 		// The decision table of a resource, as the child had it.
 		opts.Log = nil
-		if _, err := crStore(ctx, &opts, spec.log, logPath, env.pgDSN, myDSN); err != nil { // in a resource: nothing to close
+		if _, err := bank.Store(ctx, &opts, spec.log, logPath, env.pgDSN, myDSN); err != nil { // in a resource: nothing to close
 			closeLog()
 			r.harness = err
 			return r
@@ -601,7 +480,7 @@ func crTrial(t *testing.T, env *crEnv, spec crTrialSpec, rng *mrand.Rand) (r crR
 		r.harness = err
 		return r
 	}
-	log, closeLog, err = crOpenLog(ctx, spec.log, logPath, env.pgDSN, myDSN)
+	log, closeLog, err = bank.OpenLog(ctx, spec.log, logPath, env.pgDSN, myDSN)
 	if err != nil {
 		r.harness = fmt.Errorf("reopening the log: %w", err)
 		return r
@@ -615,39 +494,13 @@ func crTrial(t *testing.T, env *crEnv, spec crTrialSpec, rng *mrand.Rand) (r crR
 		return r
 	}
 	defer myRaw.Close()
-	var pgSum, mySum int64
-	if err := env.pgRaw.QueryRowContext(ctx, "SELECT COALESCE(SUM(bal), 0) FROM "+pgAcct).Scan(&pgSum); err != nil {
-		r.harness = err
-		return r
-	}
-	if err := myRaw.QueryRowContext(ctx, "SELECT COALESCE(SUM(bal), 0) FROM acct").Scan(&mySum); err != nil {
-		r.harness = err
-		return r
-	}
-	if pgSum+mySum != 2*crAccounts*crInitial {
-		r.violations = append(r.violations, fmt.Sprintf("sum of balances %d+%d=%d, want %d", pgSum, mySum, pgSum+mySum, 2*crAccounts*crInitial))
-	}
-	pm, err := crSet(ctx, env.pgRaw, "SELECT gid FROM "+pgMark)
+	res, err := bank.Check(ctx, env.pgRaw, myRaw, cfg.tables(), nil)
 	if err != nil {
 		r.harness = err
 		return r
 	}
-	mm, err := crSet(ctx, myRaw, "SELECT gid FROM mark")
-	if err != nil {
-		r.harness = err
-		return r
-	}
-	for g := range pm {
-		if !mm[g] {
-			r.violations = append(r.violations, "global "+g+" committed in PostgreSQL only")
-		}
-	}
-	for g := range mm {
-		if !pm[g] {
-			r.violations = append(r.violations, "global "+g+" committed in MariaDB only")
-		}
-	}
-	r.markers = len(pm)
+	r.violations = append(r.violations, res.Violations...)
+	r.markers = res.Markers
 	for _, db := range []*sql.DB{env.pg, env.my} {
 		ps, err := dtx.ListPrepared(ctx, db)
 		if err != nil {
@@ -662,7 +515,7 @@ func crTrial(t *testing.T, env *crEnv, spec crTrialSpec, rng *mrand.Rand) (r crR
 		}
 	}
 	for try := 0; ; try++ {
-		h, err := crHidden(ctx, env.myRaw)
+		h, err := bank.Hidden(ctx, env.myRaw)
 		if err != nil {
 			r.harness = err
 			return r
@@ -693,50 +546,19 @@ func crTrial(t *testing.T, env *crEnv, spec crTrialSpec, rng *mrand.Rand) (r crR
 
 // crLeft counts what the node still has prepared or pending.
 func crLeft(ctx context.Context, env *crEnv, log dtx.Log, node, prefix string) (int, error) {
-	n := 0
-	for _, db := range []*sql.DB{env.pg, env.my} {
-		ps, err := dtx.ListPrepared(ctx, db)
-		if err != nil {
-			return 0, err
-		}
-		for _, p := range ps {
-			if strings.HasPrefix(p.Name, prefix) {
-				n++
-			}
-		}
+	n, err := bank.Prepared(ctx, prefix, env.pg, env.my)
+	if err != nil {
+		return 0, err
 	}
 	ds, err := log.Pending(ctx, node)
 	return n + len(ds), err
 }
 
 func crSetup(ctx context.Context, env *crEnv, pgAcct, pgMark, myDB string) error {
-	stmts := []struct {
-		db *sql.DB
-		q  string
-	}{
-		{env.pgRaw, "CREATE TABLE " + pgAcct + " (id INT PRIMARY KEY, bal BIGINT NOT NULL)"},
-		{env.pgRaw, "CREATE TABLE " + pgMark + " (gid VARCHAR(64) PRIMARY KEY)"},
-		{env.myRaw, "CREATE DATABASE " + myDB},
-		{env.myRaw, "CREATE TABLE " + myDB + ".acct (id INT PRIMARY KEY, bal BIGINT NOT NULL)"},
-		{env.myRaw, "CREATE TABLE " + myDB + ".mark (gid VARCHAR(64) PRIMARY KEY)"},
+	if _, err := env.myRaw.ExecContext(ctx, "CREATE DATABASE "+myDB); err != nil {
+		return fmt.Errorf("setup: %w", err)
 	}
-	for i := 1; i <= crAccounts; i++ {
-		stmts = append(stmts,
-			struct {
-				db *sql.DB
-				q  string
-			}{env.pgRaw, fmt.Sprintf("INSERT INTO %s VALUES (%d, %d)", pgAcct, i, crInitial)},
-			struct {
-				db *sql.DB
-				q  string
-			}{env.myRaw, fmt.Sprintf("INSERT INTO %s.acct VALUES (%d, %d)", myDB, i, crInitial)})
-	}
-	for _, s := range stmts {
-		if _, err := s.db.ExecContext(ctx, s.q); err != nil {
-			return fmt.Errorf("setup: %s: %w", s.q, err)
-		}
-	}
-	return nil
+	return bank.Setup(ctx, env.pgRaw, env.myRaw, bank.Tables{PgAcct: pgAcct, PgMark: pgMark, MyAcct: myDB + ".acct", MyMark: myDB + ".mark"})
 }
 
 // crTeardown rolls back what the node left prepared (after the trial has
@@ -846,63 +668,4 @@ func crWithAppName(dsn, name string) (string, error) {
 		return u.String(), nil
 	}
 	return dsn + " application_name=" + name, nil
-}
-
-func crSet(ctx context.Context, db *sql.DB, q string) (map[string]bool, error) {
-	rows, err := db.QueryContext(ctx, q)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	out := map[string]bool{}
-	for rows.Next() {
-		var s string
-		if err := rows.Scan(&s); err != nil {
-			return nil, err
-		}
-		out[s] = true
-	}
-	return out, rows.Err()
-}
-
-// crCapped keeps the first 4 KiB written to it.
-type crCapped struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (c *crCapped) Write(p []byte) (int, error) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if room := 4096 - c.buf.Len(); room > 0 {
-		c.buf.Write(p[:min(len(p), room)])
-	}
-	return len(p), nil
-}
-
-func (c *crCapped) String() string {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return strings.TrimSpace(c.buf.String())
-}
-
-// crHidden counts MariaDB's detached transactions that XA RECOVER does not
-// list: branches orphaned by the server race described in
-// docs/two-phase.md (they show in InnoDB with thread id 0 but no longer in
-// XA RECOVER). Negative values (attached branches) count as 0.
-func crHidden(ctx context.Context, db *sql.DB) (int, error) {
-	rows, err := db.QueryContext(ctx, "XA RECOVER")
-	if err != nil {
-		return 0, err
-	}
-	listed := 0
-	for rows.Next() {
-		listed++
-	}
-	rows.Close()
-	var detached int
-	if err := db.QueryRowContext(ctx, "SELECT COUNT(*) FROM information_schema.innodb_trx WHERE trx_mysql_thread_id = 0").Scan(&detached); err != nil {
-		return 0, err
-	}
-	return max(0, detached-listed), nil
 }

@@ -1,0 +1,246 @@
+package faults
+
+import (
+	"bytes"
+	"math/rand/v2"
+	"net"
+	"sync"
+	"time"
+)
+
+// Proxy forwards TCP connections from one coordinator to one database
+// server and applies the network's faults to them: it cuts every
+// connection (Cut), delays every chunk (SetDelay), black-holes traffic
+// (BlackHole: nothing passes in either direction and new connections are
+// not dialled until Heal, which then lets the stalled bytes through or cuts
+// the connections, as a network that comes back or one whose peers gave
+// up), and drops a reply mid-protocol (DropReplyTo: the client message
+// holding a pattern reaches the server, the server's answer is swallowed
+// and the connection cut, so the statement runs and the client never learns
+// its outcome).
+type Proxy struct {
+	ln     net.Listener
+	target string
+
+	mu      sync.Mutex
+	conns   map[*pair]struct{}
+	delay   time.Duration // at most this before each chunk, while > 0
+	hole    chan struct{} // non-nil while black-holed: closed by Heal
+	pattern []byte        // armed reply drop, or nil
+	closed  bool
+	wg      sync.WaitGroup
+}
+
+// pair is one proxied connection: the client's and the server's sides.
+type pair struct {
+	client, server net.Conn
+	once           sync.Once
+	done           chan struct{} // closed when the pair is cut
+	dropReply      bool          // the next server chunk is swallowed; guarded by Proxy.mu
+}
+
+func (c *pair) cut() {
+	c.once.Do(func() {
+		close(c.done)
+		c.client.Close()
+		if c.server != nil {
+			c.server.Close()
+		}
+	})
+}
+
+// NewProxy listens on listen (host:port, port 0 for any) and forwards to
+// target.
+func NewProxy(listen, target string) (*Proxy, error) {
+	ln, err := net.Listen("tcp", listen)
+	if err != nil {
+		return nil, err
+	}
+	p := &Proxy{ln: ln, target: target, conns: map[*pair]struct{}{}}
+	p.wg.Add(1)
+	go p.serve()
+	return p, nil
+}
+
+// Addr is the proxy's host:port.
+func (p *Proxy) Addr() string { return p.ln.Addr().String() }
+
+// Cut closes every open connection and reports how many there were.
+func (p *Proxy) Cut() int {
+	p.mu.Lock()
+	cs := make([]*pair, 0, len(p.conns))
+	for c := range p.conns {
+		cs = append(cs, c)
+	}
+	p.mu.Unlock()
+	for _, c := range cs {
+		c.cut()
+	}
+	return len(cs)
+}
+
+// SetDelay delays each chunk, in either direction, by a random time up to
+// d; 0 stops delaying.
+func (p *Proxy) SetDelay(d time.Duration) {
+	p.mu.Lock()
+	p.delay = d
+	p.mu.Unlock()
+}
+
+// BlackHole stops all traffic until Heal.
+func (p *Proxy) BlackHole() {
+	p.mu.Lock()
+	if p.hole == nil {
+		p.hole = make(chan struct{})
+	}
+	p.mu.Unlock()
+}
+
+// Heal ends a black hole, a delay and an armed reply drop. With cut, the
+// connections that were open are cut first.
+func (p *Proxy) Heal(cut bool) {
+	if cut {
+		p.Cut()
+	}
+	p.mu.Lock()
+	if p.hole != nil {
+		close(p.hole)
+		p.hole = nil
+	}
+	p.delay = 0
+	p.pattern = nil
+	p.mu.Unlock()
+}
+
+// DropReplyTo arms the proxy: the next client message containing pattern
+// reaches the server; its reply does not reach the client, whose
+// connection is cut.
+func (p *Proxy) DropReplyTo(pattern string) {
+	p.mu.Lock()
+	p.pattern = []byte(pattern)
+	p.mu.Unlock()
+}
+
+// Armed reports whether a reply drop is armed and not yet triggered.
+func (p *Proxy) Armed() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.pattern != nil
+}
+
+// Close stops accepting, cuts every connection and waits for the copiers.
+func (p *Proxy) Close() {
+	p.mu.Lock()
+	p.closed = true
+	p.mu.Unlock()
+	p.ln.Close()
+	p.Heal(true)
+	p.wg.Wait()
+}
+
+func (p *Proxy) serve() {
+	defer p.wg.Done()
+	for {
+		c, err := p.ln.Accept()
+		if err != nil {
+			return
+		}
+		cp := &pair{client: c, done: make(chan struct{})}
+		p.mu.Lock()
+		if p.closed {
+			p.mu.Unlock()
+			c.Close()
+			return
+		}
+		p.conns[cp] = struct{}{}
+		p.mu.Unlock()
+		p.wg.Add(1)
+		go p.forward(cp)
+	}
+}
+
+// forward dials the server (once no black hole stops it) and copies both
+// ways until either side ends or the pair is cut.
+func (p *Proxy) forward(c *pair) {
+	defer p.wg.Done()
+	defer func() {
+		c.cut()
+		p.mu.Lock()
+		delete(p.conns, c)
+		p.mu.Unlock()
+	}()
+	if !p.pass(c) {
+		return
+	}
+	s, err := net.DialTimeout("tcp", p.target, 5*time.Second)
+	if err != nil {
+		return
+	}
+	p.mu.Lock()
+	c.server = s
+	p.mu.Unlock()
+	select {
+	case <-c.done: // cut while dialling
+		s.Close()
+		return
+	default:
+	}
+	var both sync.WaitGroup
+	both.Go(func() { p.pipe(c, c.client, s, true) })
+	both.Go(func() { p.pipe(c, s, c.client, false) })
+	both.Wait()
+}
+
+// pass waits out a black hole and a delay; false when the pair was cut.
+func (p *Proxy) pass(c *pair) bool {
+	p.mu.Lock()
+	hole, delay := p.hole, p.delay
+	p.mu.Unlock()
+	if hole != nil {
+		select {
+		case <-hole:
+		case <-c.done:
+			return false
+		}
+	}
+	if delay > 0 {
+		select {
+		case <-time.After(rand.N(delay)):
+		case <-c.done:
+			return false
+		}
+	}
+	return true
+}
+
+// pipe copies src to dst. From the client it arms the pair's reply drop
+// when a chunk holds the armed pattern; from the server it swallows the
+// chunk of an armed pair and cuts it.
+func (p *Proxy) pipe(c *pair, src, dst net.Conn, fromClient bool) {
+	defer c.cut()
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := src.Read(buf)
+		if n > 0 {
+			if !p.pass(c) {
+				return
+			}
+			p.mu.Lock()
+			if fromClient && p.pattern != nil && bytes.Contains(buf[:n], p.pattern) {
+				p.pattern = nil
+				c.dropReply = true
+			}
+			drop := !fromClient && c.dropReply
+			p.mu.Unlock()
+			if drop {
+				return
+			}
+			if _, werr := dst.Write(buf[:n]); werr != nil {
+				return
+			}
+		}
+		if err != nil {
+			return
+		}
+	}
+}
