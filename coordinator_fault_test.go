@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/dtx-go/dtx"
+	"github.com/dtx-go/dtx/internal/netproxy"
 	"github.com/go-sql-driver/mysql"
 )
 
@@ -22,7 +23,7 @@ import (
 // acknowledges early, lost replies, read-only branches, cancelled contexts.
 
 // coViaProxy opens s through dtx by way of a proxy to s's server.
-func coViaProxy(t *testing.T, s server, p *tcpProxy) *sql.DB {
+func coViaProxy(t *testing.T, s server, p *netproxy.Proxy) *sql.DB {
 	t.Helper()
 	need(t, s)
 	var dsn string
@@ -522,7 +523,7 @@ func TestCoordinatorLostCommitPreparedReply(t *testing.T) {
 	c, node := newCoord(t, b, log, func(o *dtx.CoordinatorOptions) {
 		o.Resources = map[string]*sql.DB{"pg": pg, "my": b.my}
 	})
-	p.LoseReplyTo("COMMIT PREPARED")
+	p.DropReplyTo("COMMIT PREPARED")
 	var gid string
 	err := c.Do(coCtx(t), func(ctx context.Context, g *dtx.Global) error {
 		gid = g.ID()
@@ -531,8 +532,8 @@ func TestCoordinatorLostCommitPreparedReply(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Do: %v, want nil (the lost reply's COMMIT PREPARED did commit)", err)
 	}
-	if p.Cuts() != 1 {
-		t.Fatalf("the proxy lost %d replies, want 1", p.Cuts())
+	if p.Drops() != 1 {
+		t.Fatalf("the proxy lost %d replies, want 1", p.Drops())
 	}
 	if m := b.check(t); !m[gid] {
 		t.Errorf("marker of %s missing", gid)
@@ -549,7 +550,7 @@ func TestCoordinatorLostXACommitReply(t *testing.T) {
 	c, node := newCoord(t, b, nil, func(o *dtx.CoordinatorOptions) {
 		o.Resources = map[string]*sql.DB{"pg": b.pg, "my": my} // PostgreSQL decides
 	})
-	p.LoseReplyTo("XA COMMIT")
+	p.DropReplyTo("XA COMMIT")
 	var gid string
 	err := c.Do(coCtx(t), func(ctx context.Context, g *dtx.Global) error {
 		gid = g.ID()
@@ -558,8 +559,8 @@ func TestCoordinatorLostXACommitReply(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Do: %v, want nil", err)
 	}
-	if p.Cuts() != 1 {
-		t.Fatalf("the proxy lost %d replies, want 1", p.Cuts())
+	if p.Drops() != 1 {
+		t.Fatalf("the proxy lost %d replies, want 1", p.Drops())
 	}
 	if m := b.check(t); !m[gid] {
 		t.Errorf("marker of %s missing", gid)

@@ -20,13 +20,16 @@ import (
 	"time"
 
 	"github.com/dtx-go/dtx"
+	"github.com/dtx-go/dtx/internal/netproxy"
 	"github.com/go-sql-driver/mysql"
 )
 
-// newSessProxy starts a proxy (tcpProxy, which counts the sessions made and
-// open) to the MariaDB of s and returns it with a DSN that goes through it,
-// with params added; it stops when t ends.
-func newSessProxy(t testing.TB, s server, params string) (*tcpProxy, string) {
+// sessDB opens drv on the MariaDB of s through a proxy (netproxy, which
+// counts the sessions made and open), with params added to the DSN, and
+// returns both. The proxy stops and the pool closes when t ends at the
+// latest; a test that must close the pool before its tables are dropped
+// closes it itself.
+func sessDB(t testing.TB, s server, drv, params string) (*netproxy.Proxy, *sql.DB) {
 	t.Helper()
 	need(t, s)
 	cfg, err := mysql.ParseDSN(s.dsn)
@@ -43,7 +46,12 @@ func newSessProxy(t testing.TB, s server, params string) (*tcpProxy, string) {
 		}
 		dsn += sep + params
 	}
-	return p, dsn
+	db, err := sql.Open(drv, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	return p, db
 }
 
 // globalSessions reads the server-wide counters, only to be logged: other
@@ -110,11 +118,7 @@ func TestMySQLSessionsUnderLoad(t *testing.T) {
 	ctx := ntCtx(t)
 
 	run := func(t *testing.T, drv string) (cycles, accepted, maxOpen int64) {
-		p, dsn := newSessProxy(t, s, "")
-		db, err := sql.Open(drv, dsn)
-		if err != nil {
-			t.Fatal(err)
-		}
+		p, db := sessDB(t, s, drv, "")
 		defer db.Close()
 		tbl := table(t, s, raw, "id BIGINT PRIMARY KEY")
 		prefix := names(t, s)
@@ -150,11 +154,11 @@ func TestMySQLSessionsUnderLoad(t *testing.T) {
 		cycles = sessLoad(t, workers, dur, cycle)
 		c1, t1 := globalSessions(t, raw)
 		t.Logf("%s: %d cycles, %d sessions opened, at most %d open (server-wide, shared: Connections +%d, Threads_connected %d -> %d)",
-			drv, cycles, p.accepted.Load(), p.maxOpen.Load(), c1-c0, t0, t1)
+			drv, cycles, p.Accepted(), p.MaxOpen(), c1-c0, t0, t1)
 		if got := int64(count(t, raw, "SELECT COUNT(*) FROM "+tbl)); got != cycles {
 			t.Fatalf("%d rows for %d cycles", got, cycles)
 		}
-		return cycles, p.accepted.Load(), p.maxOpen.Load()
+		return cycles, p.Accepted(), p.MaxOpen()
 	}
 	var rawAccepted int64
 	t.Run("raw", func(t *testing.T) { _, rawAccepted, _ = run(t, s.raw) })
@@ -181,11 +185,7 @@ func TestMySQLSessionsHandedOver(t *testing.T) {
 	s := ntServer(t, "mysql")
 	raw := open(t, s, s.raw)
 	ctx := ntCtx(t)
-	p, dsn := newSessProxy(t, s, "")
-	db, err := sql.Open(s.wrapped, dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
+	p, db := sessDB(t, s, s.wrapped, "")
 	defer db.Close()
 	db.SetMaxOpenConns(16)
 	db.SetMaxIdleConns(16)
@@ -205,7 +205,7 @@ func TestMySQLSessionsHandedOver(t *testing.T) {
 		return dtx.CommitDistributed(ctx, name)
 	})
 	cycles -= queries.Load()
-	t.Logf("%d cycles and %d queries, %d sessions opened, at most %d open", cycles, queries.Load(), p.accepted.Load(), p.maxOpen.Load())
+	t.Logf("%d cycles and %d queries, %d sessions opened, at most %d open", cycles, queries.Load(), p.Accepted(), p.MaxOpen())
 	if got := int64(count(t, raw, "SELECT COUNT(*) FROM "+tbl)); got != cycles {
 		t.Fatalf("%d rows for %d cycles", got, cycles)
 	}
@@ -227,11 +227,7 @@ func TestMySQLSparesExpire(t *testing.T) {
 		{"MaxIdleConns", func(db *sql.DB) { db.SetMaxIdleConns(1) }, 2},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			p, dsn := newSessProxy(t, s, "")
-			db, err := sql.Open(s.wrapped, dsn)
-			if err != nil {
-				t.Fatal(err)
-			}
+			p, db := sessDB(t, s, s.wrapped, "")
 			defer db.Close()
 			tc.set(db)
 			tbl := table(t, s, raw, "id BIGINT PRIMARY KEY")
@@ -243,12 +239,12 @@ func TestMySQLSparesExpire(t *testing.T) {
 				}
 				return dtx.CommitDistributed(ctx, name)
 			})
-			t.Logf("%d cycles, %d sessions opened, at most %d open", cycles, p.accepted.Load(), p.maxOpen.Load())
-			if p.accepted.Load() >= cycles/2 {
-				t.Errorf("%d sessions opened for %d cycles: spares are not reused", p.accepted.Load(), cycles)
+			t.Logf("%d cycles, %d sessions opened, at most %d open", cycles, p.Accepted(), p.MaxOpen())
+			if p.Accepted() >= cycles/2 {
+				t.Errorf("%d sessions opened for %d cycles: spares are not reused", p.Accepted(), cycles)
 			}
-			ntEventually(t, 5*time.Second, fmt.Sprintf("sessions still open: %d, want at most %d", p.open.Load(), tc.left), func() bool {
-				return p.open.Load() <= tc.left
+			ntEventually(t, 5*time.Second, fmt.Sprintf("sessions still open: %d, want at most %d", p.Open(), tc.left), func() bool {
+				return p.Open() <= tc.left
 			})
 		})
 	}
@@ -264,11 +260,7 @@ func TestMySQLSessionStateNotShared(t *testing.T) {
 	s := ntServer(t, "mysql")
 	raw := open(t, s, s.raw)
 	ctx := ntCtx(t)
-	_, dsn := newSessProxy(t, s, "")
-	db, err := sql.Open(s.wrapped, dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, db := sessDB(t, s, s.wrapped, "")
 	defer db.Close()
 	tbl := table(t, s, raw, "id INT PRIMARY KEY")
 	name := names(t, s) + "state"
@@ -378,11 +370,7 @@ func TestMySQLResetKeepsDSNSettings(t *testing.T) {
 	s := ntServer(t, "mysql")
 	raw := open(t, s, s.raw)
 	ctx := ntCtx(t)
-	_, dsn := newSessProxy(t, s, "charset=latin1&lock_wait_timeout=7")
-	db, err := sql.Open(s.wrapped, dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, db := sessDB(t, s, s.wrapped, "charset=latin1&lock_wait_timeout=7")
 	defer db.Close()
 	db.SetMaxIdleConns(0) // every Conn below is a new one, from Connect
 	// One conn kept open: with none, the pool keeps nothing and neither do
@@ -438,11 +426,7 @@ func TestMySQLSessionsClosedWithDB(t *testing.T) {
 	s := ntServer(t, "mysql")
 	raw := open(t, s, s.raw)
 	ctx := ntCtx(t)
-	p, dsn := newSessProxy(t, s, "")
-	db, err := sql.Open(s.wrapped, dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
+	p, db := sessDB(t, s, s.wrapped, "")
 	tbl := table(t, s, raw, "id BIGINT PRIMARY KEY")
 	prefix := names(t, s)
 	goroutines := runtime.NumGoroutine()
@@ -457,11 +441,11 @@ func TestMySQLSessionsClosedWithDB(t *testing.T) {
 	// one held alone: both sessions must close with the DB.
 	ntOK(t, "BeginDistributed", dtx.BeginDistributed(ctx, db, prefix+"left", ntInsertFn(ctx, tbl, -1)))
 	ntOK(t, "prepare", detachedPrepare(ctx, db, prefix+"left2", tbl, -2))
-	if p.open.Load() == 0 {
+	if p.Open() == 0 {
 		t.Fatal("no session open before Close")
 	}
 	ntOK(t, "Close", db.Close())
-	ntEventually(t, 5*time.Second, "sessions still open after DB.Close", func() bool { return p.open.Load() == 0 })
+	ntEventually(t, 5*time.Second, "sessions still open after DB.Close", func() bool { return p.Open() == 0 })
 	ntEventually(t, 5*time.Second, "goroutines left after DB.Close", func() bool {
 		return runtime.NumGoroutine() <= goroutines+2 // the proxy's accept loop may lag
 	})

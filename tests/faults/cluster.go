@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/dtx-go/dtx/internal/bank"
+	"github.com/dtx-go/dtx/internal/netproxy"
 	"github.com/go-sql-driver/mysql"
 )
 
@@ -22,7 +23,7 @@ import (
 type Slot struct {
 	K     int
 	Net   *NodeNet
-	Proxy map[string]*Proxy // "pg", "my"
+	Proxy map[string]*netproxy.Proxy // "pg", "my"
 
 	mu     sync.Mutex // held by a fault on this slot's process
 	proc   *Proc

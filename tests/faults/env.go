@@ -9,6 +9,8 @@ import (
 	"os/exec"
 	"strings"
 	"sync"
+
+	"github.com/dtx-go/dtx/internal/netproxy"
 )
 
 // Env is what every segment of a run shares: the servers, the slots
@@ -65,7 +67,7 @@ func NewEnv(ctx context.Context, binary, tmp string, nodes, workers int, useNetn
 		subnet = freeSubnet()
 	}
 	for k := 0; k < nodes; k++ {
-		s := &Slot{K: k, Proxy: map[string]*Proxy{}}
+		s := &Slot{K: k, Proxy: map[string]*netproxy.Proxy{}}
 		e.Slots = append(e.Slots, s)
 		listen := map[string]string{"pg": "127.0.0.1:0", "my": "127.0.0.1:0"}
 		if useNetns {
@@ -79,7 +81,7 @@ func NewEnv(ctx context.Context, binary, tmp string, nodes, workers int, useNetn
 		}
 		target := map[string]string{"pg": fmt.Sprintf("127.0.0.1:%d", srv.PGPort), "my": fmt.Sprintf("127.0.0.1:%d", srv.MyPort)}
 		for _, db := range []string{"pg", "my"} {
-			if s.Proxy[db], err = NewProxy(listen[db], target[db]); err != nil {
+			if s.Proxy[db], err = netproxy.NewProxy(listen[db], target[db]); err != nil {
 				return fail(err)
 			}
 		}

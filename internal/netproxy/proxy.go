@@ -1,10 +1,17 @@
-package faults
+// Package netproxy is the TCP proxy dtx's tests put between a client and a
+// database server to play the network's faults: cut connections, delayed
+// chunks, a black hole, a reply dropped mid-protocol. It counts the
+// connections it made, so the tests of MariaDB sessions can count server
+// sessions. The root package's fault tests and the nemesis harness
+// (tests/faults) share it.
+package netproxy
 
 import (
 	"bytes"
 	"math/rand/v2"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -29,6 +36,11 @@ type Proxy struct {
 	pattern []byte        // armed reply drop, or nil
 	closed  bool
 	wg      sync.WaitGroup
+
+	accepted atomic.Int64 // server connections made
+	open     atomic.Int64 // server connections open now
+	maxOpen  atomic.Int64 // the most open at once
+	drops    atomic.Int64 // replies swallowed
 }
 
 // pair is one proxied connection: the client's and the server's sides.
@@ -121,6 +133,18 @@ func (p *Proxy) DropReplyTo(pattern string) {
 	p.mu.Unlock()
 }
 
+// Accepted is how many connections the proxy has made to the server.
+func (p *Proxy) Accepted() int64 { return p.accepted.Load() }
+
+// Open is how many connections to the server are open now.
+func (p *Proxy) Open() int64 { return p.open.Load() }
+
+// MaxOpen is the most connections to the server that were open at once.
+func (p *Proxy) MaxOpen() int64 { return p.maxOpen.Load() }
+
+// Drops is how many replies the proxy has swallowed (DropReplyTo).
+func (p *Proxy) Drops() int64 { return p.drops.Load() }
+
 // Armed reports whether a reply drop is armed and not yet triggered.
 func (p *Proxy) Armed() bool {
 	p.mu.Lock()
@@ -179,6 +203,11 @@ func (p *Proxy) forward(c *pair) {
 	p.mu.Lock()
 	c.server = s
 	p.mu.Unlock()
+	p.accepted.Add(1)
+	n := p.open.Add(1)
+	for m := p.maxOpen.Load(); n > m && !p.maxOpen.CompareAndSwap(m, n); m = p.maxOpen.Load() {
+	}
+	defer p.open.Add(-1)
 	select {
 	case <-c.done: // cut while dialling
 		s.Close()
@@ -233,6 +262,7 @@ func (p *Proxy) pipe(c *pair, src, dst net.Conn, fromClient bool) {
 			drop := !fromClient && c.dropReply
 			p.mu.Unlock()
 			if drop {
+				p.drops.Add(1)
 				return
 			}
 			if _, werr := dst.Write(buf[:n]); werr != nil {
