@@ -303,10 +303,13 @@ func coCtx(t *testing.T) context.Context {
 	return ctx
 }
 
-// coPrepared lists what is prepared under prefix in db.
+// coPrepared lists what is prepared under prefix in db, failing t when the
+// listing takes more than 20 s.
 func coPrepared(t testing.TB, db *sql.DB, prefix string) []string {
 	t.Helper()
-	ps, err := dtx.ListPrepared(context.Background(), db)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	ps, err := dtx.ListPrepared(ctx, db)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -60,7 +60,7 @@ func roundTrip(t *testing.T, s server, db *sql.DB, table, prefix, name string) {
 		if !errors.Is(err, dtx.ErrInvalidName) {
 			t.Fatalf("%s: BeginDistributed(%q) = %v, want ErrInvalidName", s.label, name, err)
 		}
-		if ps := preparedUnder(t, db, prefix); len(ps) != 0 {
+		if ps := coPrepared(t, db, prefix); len(ps) != 0 {
 			t.Fatalf("%s: refused name %q, yet prepared: %q", s.label, name, ps)
 		}
 		return
@@ -68,14 +68,14 @@ func roundTrip(t *testing.T, s server, db *sql.DB, table, prefix, name string) {
 	if err != nil {
 		t.Fatalf("%s: BeginDistributed(%q): %v", s.label, name, err)
 	}
-	if ps := preparedUnder(t, db, prefix); len(ps) != 1 || ps[0] != name {
+	if ps := coPrepared(t, db, prefix); len(ps) != 1 || ps[0] != name {
 		dtx.RollbackDistributed(ctx, name)
 		t.Fatalf("%s: prepared %q, the server lists %q", s.label, name, ps)
 	}
 	if err := dtx.CommitDistributed(ctx, name); err != nil {
 		t.Fatalf("%s: CommitDistributed(%q): %v", s.label, name, err)
 	}
-	if ps := preparedUnder(t, db, prefix); len(ps) != 0 {
+	if ps := coPrepared(t, db, prefix); len(ps) != 0 {
 		t.Fatalf("%s: committed %q, still prepared: %q", s.label, name, ps)
 	}
 	var got string
@@ -85,23 +85,6 @@ func roundTrip(t *testing.T, s server, db *sql.DB, table, prefix, name string) {
 	if _, err := db.ExecContext(ctx, "DELETE FROM "+table); err != nil {
 		t.Fatal(err)
 	}
-}
-
-// preparedUnder lists the names prepared under prefix in db's database.
-func preparedUnder(t *testing.T, db *sql.DB, prefix string) []string {
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	ps, err := dtx.ListPrepared(ctx, db)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var out []string
-	for _, p := range ps {
-		if strings.HasPrefix(p.Name, prefix) {
-			out = append(out, p.Name)
-		}
-	}
-	return out
 }
 
 // keepNameBytes returns the bytes of s that ValidateName allows.

@@ -171,28 +171,18 @@ func (r *hookRec) sessionsOf(name string) []dtx.SessionEvent {
 	return out
 }
 
-// observedDB opens s through NewConnector with l and h.
+// observedDB opens s through NewConnector with opts (ntMyDB on MariaDB).
 func observedDB(t *testing.T, s server, opts ...dtx.Option) *sql.DB {
 	t.Helper()
-	need(t, s)
-	var db *sql.DB
-	if s.kind == "postgres" {
-		pc, err := pq.NewConnector(s.dsn)
-		if err != nil {
-			t.Fatal(err)
-		}
-		db = sql.OpenDB(dtx.NewConnector(pc, dtx.Postgres, opts...))
-	} else {
-		cfg, err := mysql.ParseDSN(s.dsn)
-		if err != nil {
-			t.Fatal(err)
-		}
-		mc, err := mysql.NewConnector(cfg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		db = sql.OpenDB(dtx.NewConnector(mc, dtx.MySQL, opts...))
+	if s.kind != "postgres" {
+		return ntMyDB(t, s, opts...)
 	}
+	need(t, s)
+	pc, err := pq.NewConnector(s.dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	db := sql.OpenDB(dtx.NewConnector(pc, dtx.Postgres, opts...))
 	t.Cleanup(func() { db.Close() })
 	return db
 }
