@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"os"
 	"os/exec"
 	"sync"
@@ -193,11 +194,7 @@ func (c *Cluster) Drain(d time.Duration) int {
 func (c *Cluster) Outcomes() map[string]string {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	m := make(map[string]string, len(c.outcome))
-	for g, o := range c.outcome {
-		m[g] = o
-	}
-	return m
+	return maps.Clone(c.outcome)
 }
 
 // Nodes are every node id the cluster used.

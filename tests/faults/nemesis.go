@@ -3,6 +3,7 @@ package faults
 import (
 	"context"
 	"fmt"
+	"maps"
 	mrand "math/rand/v2"
 	"sort"
 	"sync"
@@ -242,11 +243,7 @@ func (n *Nemesis) apply(ctx context.Context, f fault) {
 func (n *Nemesis) Counts() map[Kind]int {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	m := map[Kind]int{}
-	for k, v := range n.counts {
-		m[k] = v
-	}
-	return m
+	return maps.Clone(n.counts)
 }
 
 // Errors are the faults that could not be applied or healed as planned.
