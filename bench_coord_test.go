@@ -342,7 +342,8 @@ func benchGlobalImpl(b *testing.B, res []*globalRes, nb, conc int, impl string) 
 
 // benchRunGlobals runs b.N calls of op from conc goroutines, after an untimed
 // warm-up like benchRunCycles'; start runs just before the timer starts and
-// stop just after it stops. It reports allocs, tx/s and the p50 and p99 of
+// stop just after it stops. It reports allocs, tx/s, the process's CPU time per call (cpu-us/op: the
+// client's cost, which the servers' noise does not reach) and the p50 and p99 of
 // the latency of one call.
 func benchRunGlobals(b *testing.B, conc int, op func(n int64) error, start, stop func()) {
 	var seq atomic.Int64 // numbers every call, warm-up included
@@ -390,12 +391,15 @@ func benchRunGlobals(b *testing.B, conc int, op func(n int64) error, start, stop
 	start()
 	b.ReportAllocs()
 	b.ResetTimer()
+	cpu0 := processCPU()
 	err := run(int64(b.N), lat)
+	cpu := processCPU() - cpu0
 	b.StopTimer()
 	if err != nil {
 		b.Fatal(err)
 	}
 	stop()
+	b.ReportMetric(float64(cpu.Microseconds())/float64(b.N), "cpu-us/op")
 	if sec := b.Elapsed().Seconds(); sec > 0 {
 		b.ReportMetric(float64(b.N)/sec, "tx/s")
 	}
