@@ -1260,6 +1260,45 @@ func TestNamedMySQLHeldSessions(t *testing.T) {
 		ntMustRow(t, raw, tbl, 1, true)
 	})
 
+	// Each held session gets the whole hold timeout, counted from its own
+	// prepare, though one timer serves them all: a session held later than
+	// the oldest outlives it, and a branch finished early leaves the others'
+	// timeouts alone.
+	t.Run("HoldTimeoutEach", func(t *testing.T) {
+		const hold = 600 * time.Millisecond
+		db := ntMyDB(t, s, dtx.WithHoldTimeout(hold))
+		tbl := table(t, s, raw, "id INT PRIMARY KEY")
+		prefix := names(t, s)
+		ctx := ntCtx(t)
+		var idA, idB, idC int64
+		startA := time.Now()
+		ntOK(t, "BeginDistributed a", dtx.BeginDistributed(ctx, db, prefix+"a", connIDFn(ctx, tbl, 1, &idA)))
+		ntOK(t, "BeginDistributed c", dtx.BeginDistributed(ctx, db, prefix+"c", connIDFn(ctx, tbl, 3, &idC)))
+		ntOK(t, "CommitDistributed c", dtx.CommitDistributed(ctx, prefix+"c"))
+		time.Sleep(hold / 2)
+		startB := time.Now()
+		ntOK(t, "BeginDistributed b", dtx.BeginDistributed(ctx, db, prefix+"b", connIDFn(ctx, tbl, 2, &idB)))
+		ntWaitGone(t, raw, idA)
+		if d := time.Since(startA); d < hold {
+			t.Fatalf("a released after %v, before the hold timeout", d)
+		}
+		if time.Since(startB) < hold-50*time.Millisecond && !onServer(idB) {
+			t.Fatalf("b's session %d was released with a's, %v after its prepare", idB, time.Since(startB))
+		}
+		ntWaitGone(t, raw, idB)
+		if d := time.Since(startB); d < hold {
+			t.Fatalf("b released after %v, before its hold timeout", d)
+		}
+		if st, err := dtx.StatsOf(ctx, db); err != nil || st.HeldSessions != 0 || st.ReleasedSessions != 2 {
+			t.Fatalf("StatsOf: %+v, %v; want 0 held and 2 released", st, err)
+		}
+		for i, n := range []string{"a", "b"} {
+			ntMustRow(t, raw, tbl, i+1, false)
+			ntOK(t, "CommitDistributed "+n, dtx.CommitDistributed(ctx, prefix+n))
+			ntMustRow(t, raw, tbl, i+1, true)
+		}
+	})
+
 	t.Run("SmallPool", func(t *testing.T) {
 		db := open(t, s, s.wrapped)
 		db.SetMaxOpenConns(2)
