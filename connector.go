@@ -23,9 +23,11 @@ type connector struct {
 	ss    sessions // spare parent sessions (MariaDB/MySQL)
 	stats counters // StatsOf
 
-	mu     sync.Mutex
-	heldAt map[*entry]time.Time // entries holding a session, since when
-	closed bool
+	mu       sync.Mutex
+	heldAt   map[*entry]time.Time // entries holding a session, since when
+	sweep    *time.Timer          // runs sweepHeld: releases sessions held too long
+	sweepDue bool                 // sweep is armed
+	closed   bool
 
 	db      atomic.Pointer[sql.DB] // the caller's pool, once dtx has seen it
 	ownOnce sync.Once
@@ -75,6 +77,9 @@ func (c *connector) Close() error {
 	reg.removeConnector(c)
 	c.mu.Lock()
 	c.closed = true
+	if c.sweep != nil {
+		c.sweep.Stop()
+	}
 	c.mu.Unlock()
 	c.releaseAll()
 	errs := c.ss.close()
