@@ -1,5 +1,7 @@
 package dtx
 
+import "time"
+
 // SetHook replaces the coordinator's test hook, called with the name of
 // each protocol step ("before-prepare", "prepared:<i>", "decided",
 // "committed:<i>", "before-done", "before-commit-one-phase"), and returns
@@ -12,6 +14,14 @@ func SetHook(f func(point string)) (restore func()) {
 	}
 	hook = f
 	return func() { hook = old }
+}
+
+// SetPrepareTimeout replaces the bound on a prepare begun under a context
+// that can end, and returns a function that puts the old one back.
+func SetPrepareTimeout(d time.Duration) (restore func()) {
+	old := prepareTimeout
+	prepareTimeout = d
+	return func() { prepareTimeout = old }
 }
 
 // PgLiteral and Xid expose the quoting of names for tests of the second

@@ -21,7 +21,7 @@ var _ driver.Tx = (*tx)(nil)
 // commit) begun under a context that can end. A prepare cut off by it has an unknown outcome on MySQL (the
 // session is discarded, which detaches a prepared branch) and is refused
 // on PostgreSQL (a cancelled statement aborts the transaction).
-const prepareTimeout = 30 * time.Second
+var prepareTimeout = 30 * time.Second // a var for tests
 
 // beginNamed starts the transaction named name. The name is checked and
 // reserved in this process before any SQL runs.
