@@ -342,9 +342,9 @@ func benchGlobalImpl(b *testing.B, res []*globalRes, nb, conc int, impl string) 
 
 // benchRunGlobals runs b.N calls of op from conc goroutines, after an untimed
 // warm-up like benchRunCycles'; start runs just before the timer starts and
-// stop just after it stops. It reports allocs, tx/s, the process's CPU time per call (cpu-us/op: the
-// client's cost, which the servers' noise does not reach) and the p50 and p99 of
-// the latency of one call.
+// stop just after it stops. It reports allocs, tx/s, the process's CPU time
+// per call (cpu-us/op: the client's cost, which the servers' noise does not
+// reach) and the p50 and p99 of the latency of one call.
 func benchRunGlobals(b *testing.B, conc int, op func(n int64) error, start, stop func()) {
 	var seq atomic.Int64 // numbers every call, warm-up included
 	run := func(total int64, lat []time.Duration) error {

@@ -573,8 +573,8 @@ func (c *connector) hold(e *entry, s driver.Conn, home *conn) {
 //
 // One timer per connector, not one per held session: arming a timer can
 // wake the runtime's network poller (a write to its eventfd and a thread
-// woken when nothing else waits on a timer), which cost about 70 µs of CPU
-// per MariaDB named cycle at conc=1. Sessions are held in the order they
+// woken when nothing else waits on a timer): a profile at conc=1 put 12 µs
+// of CPU per MariaDB named cycle there. Sessions are held in the order they
 // are taken, all for the same timeout, so a sweep due for the oldest is on
 // time for every other; under steady load it fires about once per timeout.
 func (c *connector) armSweepLocked(at time.Time) {

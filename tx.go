@@ -18,9 +18,10 @@ type tx struct {
 var _ driver.Tx = (*tx)(nil)
 
 // prepareTimeout bounds PREPARE TRANSACTION / XA PREPARE (and a one-phase
-// commit) begun under a context that can end. A prepare cut off by it has an unknown outcome on MySQL (the
-// session is discarded, which detaches a prepared branch) and is refused
-// on PostgreSQL (a cancelled statement aborts the transaction).
+// commit) begun under a context that can end. A prepare cut off by it has
+// an unknown outcome on MySQL (the session is discarded, which detaches a
+// prepared branch) and is refused on PostgreSQL (a cancelled statement
+// aborts the transaction).
 var prepareTimeout = 30 * time.Second // a var for tests
 
 // beginNamed starts the transaction named name. The name is checked and
@@ -62,7 +63,7 @@ func (t *tx) Commit() error {
 	// statements on it do: a cancellable context costs every driver a
 	// cancel watcher per statement (go-sql-driver/mysql hands it to a
 	// goroutine and back, lib/pq starts one), measured at 80 µs of CPU per
-	// MariaDB named cycle, a quarter of the cycle's client cost.
+	// MariaDB named cycle, a fifth of the cycle's client cost.
 	ctx := t.ctx
 	if ctx.Done() != nil {
 		var cancel context.CancelFunc
