@@ -6,6 +6,8 @@ import (
 	"database/sql/driver"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"sync"
 	"time"
 )
@@ -664,10 +666,7 @@ func (c *connector) releaseLocked(e *entry, reason string) {
 // releaseAll releases every session c holds, when c closes.
 func (c *connector) releaseAll() {
 	c.mu.Lock()
-	es := make([]*entry, 0, len(c.heldAt))
-	for e := range c.heldAt {
-		es = append(es, e)
-	}
+	es := slices.Collect(maps.Keys(c.heldAt))
 	c.mu.Unlock()
 	for _, e := range es {
 		c.release(e, ReleaseClosed)

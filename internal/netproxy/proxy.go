@@ -8,8 +8,10 @@ package netproxy
 
 import (
 	"bytes"
+	"maps"
 	"math/rand/v2"
 	"net"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -80,10 +82,7 @@ func (p *Proxy) Addr() string { return p.ln.Addr().String() }
 // Cut closes every open connection and reports how many there were.
 func (p *Proxy) Cut() int {
 	p.mu.Lock()
-	cs := make([]*pair, 0, len(p.conns))
-	for c := range p.conns {
-		cs = append(cs, c)
-	}
+	cs := slices.Collect(maps.Keys(p.conns))
 	p.mu.Unlock()
 	for _, c := range cs {
 		c.cut()
