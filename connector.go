@@ -29,6 +29,8 @@ type connector struct {
 	sweepDue bool                 // sweep is armed
 	closed   bool
 
+	pinned atomic.Int64 // conns BeginDistributed keeps until phase two (registry.pin)
+
 	db      atomic.Pointer[sql.DB] // the caller's pool, once dtx has seen it
 	ownOnce sync.Once
 	own     *sql.DB // a pool of our own when the caller's is unknown
@@ -136,6 +138,21 @@ func (c *connector) session(ctx context.Context, check bool) (driver.Conn, error
 		c.ss.track(s, slot.nc)
 	}
 	return s, err
+}
+
+// tryPin counts one more conn pinned (registry.pin) while at most half of
+// maxOpen, rounded down, are (any number when maxOpen is 0, no limit), and
+// reports whether it did.
+func (c *connector) tryPin(maxOpen int) bool {
+	for {
+		n := c.pinned.Load()
+		if maxOpen > 0 && n >= int64(maxOpen/2) {
+			return false
+		}
+		if c.pinned.CompareAndSwap(n, n+1) {
+			return true
+		}
+	}
 }
 
 // learn records the caller's pool, so that phase two runs on its connections

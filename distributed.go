@@ -67,25 +67,21 @@ func BeginDistributed(ctx context.Context, db *sql.DB, name string, fn func(tx *
 		return fmt.Errorf("%w: %q was rolled back: %w", ErrNotPrepared, name, err)
 	}
 	if err == nil && cn != nil {
-		reg.pin(name, cn)
+		reg.pin(name, cn, db.Stats().MaxOpenConnections)
 		cn = nil
 	}
 	return err
 }
 
-// beginOn begins the named transaction on db. On MariaDB/MySQL, when db
-// opens connections without limit (database/sql's default), it runs on a
-// *sql.Conn that BeginDistributed keeps until phase two, as hand-written XA
-// keeps its connection: the prepared branch stays bound to that
-// connection's own session, phase two runs there, and no other session is
-// needed. With SetMaxOpenConns a kept connection could starve the pool
-// (a caller that prepares two names, or queries, before committing would
-// wait for itself), so the connection goes back to the pool at the prepare
-// and the branch's session leaves it if it is used before phase two (see
-// docs/two-phase.md).
+// beginOn begins the named transaction on db. On MariaDB/MySQL it runs on a
+// *sql.Conn, which BeginDistributed keeps until phase two when the pool has
+// room for it (registry.pin), as hand-written XA keeps its connection: the
+// prepared branch stays bound to that connection's own session, phase two
+// runs there, no other session is needed, and nobody else is handed the
+// connection while its phase two runs (see docs/two-phase.md).
 func beginOn(ctx context.Context, db *sql.DB, name string) (*sql.Conn, *sql.Tx, error) {
 	ctx = withNameDB(ctx, name, db)
-	if d, _ := driverOf(db); d.dialect != MySQL || db.Stats().MaxOpenConnections != 0 {
+	if d, _ := driverOf(db); d.dialect != MySQL {
 		tx, err := db.BeginTx(ctx, nil)
 		return nil, tx, err
 	}

@@ -1343,6 +1343,51 @@ func TestNamedMySQLHeldSessions(t *testing.T) {
 			t.Fatalf("%d rows, want %d", n, workers*perWorker)
 		}
 	})
+
+	// BeginDistributed keeps its connection out of the pool until phase two
+	// while at most half the pool's MaxOpenConns are kept, so that nobody is
+	// handed a connection whose phase two is running (they waited for it,
+	// under the conn's lock, on every cycle at 8 concurrent) and the pool
+	// never stalls: the rest go back at the prepare. InUse counts the kept
+	// ones; a query of the caller's own, with its names still prepared,
+	// runs at once; after phase two (commit, then rollback) none is kept,
+	// and the next names are kept again up to the bound.
+	t.Run("PinBound", func(t *testing.T) {
+		tbl := table(t, s, raw, "id INT PRIMARY KEY")
+		ctx := ntCtx(t)
+		id := 0
+		for _, c := range []struct{ maxOpen, names, kept int }{{0, 3, 3}, {1, 2, 0}, {2, 3, 1}, {3, 3, 1}, {4, 3, 2}, {16, 3, 3}} {
+			db := open(t, s, s.wrapped)
+			db.SetMaxOpenConns(c.maxOpen)
+			prefix := names(t, s)
+			for _, commit := range []bool{true, false} {
+				var ns []string
+				for range c.names {
+					id++
+					n := prefix + strconv.Itoa(id)
+					ntOK(t, "BeginDistributed", dtx.BeginDistributed(ctx, db, n, ntInsertFn(ctx, tbl, id)))
+					ns = append(ns, n)
+				}
+				if got := db.Stats().InUse; got != c.kept {
+					t.Fatalf("MaxOpenConns %d, %d names prepared: %d connections kept, want %d", c.maxOpen, c.names, got, c.kept)
+				}
+				qctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+				ntOK(t, "a query with the names prepared", db.QueryRowContext(qctx, "SELECT 1").Err())
+				cancel()
+				for i, n := range ns {
+					if commit {
+						ntOK(t, "CommitDistributed", dtx.CommitDistributed(ctx, n))
+					} else {
+						ntOK(t, "RollbackDistributed", dtx.RollbackDistributed(ctx, n))
+					}
+					ntMustRow(t, raw, tbl, id-len(ns)+1+i, commit)
+				}
+				if got := db.Stats().InUse; got != 0 {
+					t.Fatalf("MaxOpenConns %d, after phase two: %d connections kept", c.maxOpen, got)
+				}
+			}
+		}
+	})
 }
 
 // ---- 13. MariaDB stress: count outcomes ----

@@ -194,16 +194,24 @@ func (r *registry) prepared(e *entry, held driver.Conn, home *conn) {
 
 // pin gives the prepared name's entry the *sql.Conn its transaction ran
 // on, to keep out of the pool until phase two (see BeginDistributed); when
-// the session already left that conn, or the name is finished, cn goes
-// back to the pool at once.
-func (r *registry) pin(name string, cn *sql.Conn) {
+// the session already left that conn, or the name is finished, or the pool
+// has no room for it, cn goes back to the pool at once.
+//
+// The room: a pool of at most maxOpen connections (SetMaxOpenConns; 0 for
+// no limit) keeps at most half of them pinned (connector.tryPin). The rest serve everybody
+// else, the pinning caller too: one that prepares several names, or runs a
+// query, before committing them never waits for a connection that only its
+// own later commit would free, as it would if every connection were pinned.
+// A connection over the bound goes back to the pool, and its session
+// leaves it for the branch if it is used before phase two (conn.settle).
+func (r *registry) pin(name string, cn *sql.Conn, maxOpen int) {
 	e := r.lookup(name)
 	if e == nil {
 		cn.Close()
 		return
 	}
 	e.mu.Lock()
-	if e.home != nil && e.home.home.Load() == e && e.pin == nil {
+	if e.home != nil && e.home.home.Load() == e && e.pin == nil && e.c.tryPin(maxOpen) {
 		e.pin, cn = cn, nil
 	}
 	e.mu.Unlock()
@@ -217,6 +225,7 @@ func (e *entry) unpin() {
 	if e.pin != nil {
 		e.pin.Close()
 		e.pin = nil
+		e.c.pinned.Add(-1)
 	}
 }
 
