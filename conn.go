@@ -24,6 +24,10 @@ type conn struct {
 	parent driver.Conn
 	c      *connector
 	closed bool // counted closed in c.c.ss
+	// lost is the server thread of the session that a prepare with an
+	// unknown outcome discarded (MariaDB/MySQL), for tx.Commit to give
+	// the name's entry (see mysqlFence); 0 when unknown.
+	lost uint32
 
 	// home is the MariaDB/MySQL branch prepared on parent and not finished
 	// yet. parent stays c's session until c is used again, when settle

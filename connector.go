@@ -135,7 +135,7 @@ func (c *connector) session(ctx context.Context, check bool) (driver.Conn, error
 	var slot netSlot
 	s, err := c.parent.Connect(context.WithValue(ctx, netSlotKey{}, &slot))
 	if err == nil && slot.nc != nil {
-		c.ss.track(s, slot.nc)
+		c.ss.track(s, socket{slot.nc, slot.thread})
 	}
 	return s, err
 }

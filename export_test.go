@@ -60,3 +60,8 @@ func Connectors() int {
 	defer reg.mu.Unlock()
 	return len(reg.connectors)
 }
+
+// MySQLFence exposes the fence phase two runs for a name whose prepare's
+// outcome is unknown: it ends the MariaDB/MySQL server thread, and returns
+// when the thread is gone (zero time: not fenced, another user's thread).
+var MySQLFence = mysqlFence

@@ -1,6 +1,7 @@
 package dtx
 
 import (
+	"bytes"
 	"context"
 	"database/sql/driver"
 	"encoding/binary"
@@ -11,6 +12,7 @@ import (
 	"net/url"
 	"sort"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/go-sql-driver/mysql"
@@ -33,8 +35,12 @@ import (
 // on the session: right after XA PREPARE it detaches the branch and can
 // orphan it (see docs/two-phase.md).
 
-// netSlot receives the socket the dial function opens for one Connect.
-type netSlot struct{ nc net.Conn }
+// netSlot receives the socket the dial function opens for one Connect, and
+// the server thread id its greeting gave.
+type netSlot struct {
+	nc     net.Conn
+	thread uint32
+}
 
 type netSlotKey struct{}
 
@@ -64,10 +70,17 @@ func mysqlConnector(dsn string) (driver.Connector, *sessionReset, error) {
 	cfg.DialFunc = func(ctx context.Context, network, addr string) (net.Conn, error) {
 		var d net.Dialer
 		nc, err := d.DialContext(ctx, network, addr)
-		if slot, ok := ctx.Value(netSlotKey{}).(*netSlot); ok && err == nil {
-			slot.nc = nc
+		slot, ok := ctx.Value(netSlotKey{}).(*netSlot)
+		if !ok || err != nil {
+			return nc, err
 		}
-		return nc, err
+		g, err := readGreeting(ctx, nc)
+		if err != nil {
+			nc.Close()
+			return nil, err
+		}
+		slot.nc, slot.thread = g, g.thread
+		return g, nil
 	}
 	pc, err := mysql.NewConnector(cfg)
 	if err != nil {
@@ -195,4 +208,77 @@ func readAnswer(nc net.Conn) error {
 		return fmt.Errorf("dtx: COM_RESET_CONNECTION: %w", me)
 	}
 	return errors.New("dtx: COM_RESET_CONNECTION: unexpected answer")
+}
+
+// greetedConn is a session's socket whose greeting dtx read first, to learn
+// the server's thread id; the driver reads the greeting from it as it would
+// from the socket. It is a syscall.Conn like the socket, so the driver's
+// liveness check still works; TCP keepalive is net.Dialer's default.
+type greetedConn struct {
+	net.Conn
+	pending []byte // the greeting, until the driver has read it
+	thread  uint32
+}
+
+// Read implements net.Conn: the greeting first, then the socket.
+func (g *greetedConn) Read(b []byte) (int, error) {
+	if len(g.pending) > 0 {
+		n := copy(b, g.pending)
+		g.pending = g.pending[n:]
+		return n, nil
+	}
+	return g.Conn.Read(b)
+}
+
+// SyscallConn implements syscall.Conn with the socket's.
+func (g *greetedConn) SyscallConn() (syscall.RawConn, error) {
+	if sc, ok := g.Conn.(syscall.Conn); ok {
+		return sc.SyscallConn()
+	}
+	return nil, errors.ErrUnsupported
+}
+
+// readGreeting reads the server's first packet from nc. A protocol 10
+// greeting gives the thread id after the server version; anything else (an
+// ERR packet: too many connections) is left for the driver to read and
+// report, with thread 0.
+func readGreeting(ctx context.Context, nc net.Conn) (*greetedConn, error) {
+	dl, ok := ctx.Deadline()
+	if !ok {
+		dl = time.Now().Add(resetTimeout)
+	}
+	if err := nc.SetReadDeadline(dl); err != nil {
+		return nil, err
+	}
+	stop := context.AfterFunc(ctx, func() { nc.SetReadDeadline(time.Unix(1, 0)) })
+	b, err := readPacket(nc)
+	if !stop() {
+		return nil, ctx.Err() // the cancel may set its deadline yet: nc is not to be used
+	}
+	if err != nil {
+		return nil, err
+	}
+	if err := nc.SetReadDeadline(time.Time{}); err != nil {
+		return nil, err
+	}
+	g := &greetedConn{Conn: nc, pending: b}
+	p := b[4:]
+	if len(p) > 0 && p[0] == 10 {
+		if i := bytes.IndexByte(p[1:], 0); i >= 0 && len(p) >= 1+i+1+4 {
+			g.thread = binary.LittleEndian.Uint32(p[1+i+1:])
+		}
+	}
+	return g, nil
+}
+
+// readPacket reads one whole packet, its header included.
+func readPacket(r io.Reader) ([]byte, error) {
+	h := make([]byte, 4, 128)
+	if _, err := io.ReadFull(r, h); err != nil {
+		return nil, err
+	}
+	n := int(h[0]) | int(h[1])<<8 | int(h[2])<<16
+	b := append(h, make([]byte, n)...)
+	_, err := io.ReadFull(r, b[4:])
+	return b, err
 }

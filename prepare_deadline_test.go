@@ -4,12 +4,26 @@ import (
 	"context"
 	"database/sql"
 	"errors"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/dtx-go/dtx"
+	"github.com/dtx-go/dtx/internal/netproxy"
 )
+
+// viaProxy sets up a named-transaction test across a proxy to s: the raw
+// pool, a table of it, a name prefix, the proxy, the dtx pool through it,
+// and a dtx pool straight to s.
+func viaProxy(t *testing.T, s server) (raw *sql.DB, tbl, prefix string, p *netproxy.Proxy, db, direct *sql.DB) {
+	t.Helper()
+	raw = open(t, s, s.raw)
+	tbl = table(t, s, raw, "id INT PRIMARY KEY")
+	prefix = names(t, s)
+	p = newProxy(t, coServerAddr(t, s))
+	return raw, tbl, prefix, p, coViaProxy(t, s, p), open(t, s, s.wrapped)
+}
 
 // TestNamedPrepareDeadline: phase one gets a bound of its own only when the
 // caller's context can end. The server goes silent (a black hole in a
@@ -25,12 +39,7 @@ func TestNamedPrepareDeadline(t *testing.T) {
 	const bound, silence = 300 * time.Millisecond, 1500 * time.Millisecond
 	t.Cleanup(dtx.SetPrepareTimeout(bound))
 	eachServer(t, func(t *testing.T, s server) {
-		raw := open(t, s, s.raw)
-		tbl := table(t, s, raw, "id INT PRIMARY KEY")
-		prefix := names(t, s)
-		p := newProxy(t, coServerAddr(t, s))
-		db := coViaProxy(t, s, p)
-		direct := open(t, s, s.wrapped)
+		raw, tbl, prefix, p, db, direct := viaProxy(t, s)
 
 		// silent runs one named transaction of one INSERT under ctx, with
 		// the server silent from the end of the INSERT for the silence.
@@ -92,4 +101,107 @@ func TestNamedPrepareDeadline(t *testing.T) {
 			ntMustRow(t, raw, tbl, 2, false)
 		})
 	})
+}
+
+// TestNamedMySQLHeldPrepare: a network that holds XA PREPARE, neither
+// losing nor delivering it, past the prepare's bound. dtx gives up
+// (ErrOutcomeUnknown, the driver closes its socket), but the server has not
+// seen the close and would run the prepare when it arrives. Phase two by
+// name first ends that session on the server (mysqlFence), so its answer
+// that the name is unknown stays true: once the network delivers what it
+// held, nothing is prepared. Without the fence the held XA PREPARE lands
+// after phase two found nothing, and the branch stays prepared.
+func TestNamedMySQLHeldPrepare(t *testing.T) {
+	const bound = 300 * time.Millisecond
+	t.Cleanup(dtx.SetPrepareTimeout(bound))
+	s := ntServer(t, "mysql")
+	raw, tbl, prefix, p, db, direct := viaProxy(t, s)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	for i, commit := range []bool{false, true} {
+		name := prefix + strconv.Itoa(i)
+		p.HoldFrom("XA PREPARE")
+		err := dtx.BeginDistributed(ctx, db, name, ntInsertFn(ctx, tbl, i+1))
+		ntIs(t, "BeginDistributed with XA PREPARE held", err, dtx.ErrOutcomeUnknown)
+		finish := dtx.RollbackDistributed
+		if commit {
+			finish = dtx.CommitDistributed
+		}
+		ntIs(t, "phase two while XA PREPARE is held", finish(ntCtx(t), name), dtx.ErrUnknownName)
+		p.Heal(false)
+		time.Sleep(500 * time.Millisecond) // what was held is delivered, if anything takes it
+		if got := ntWithPrefix(t, direct, name); len(got) != 0 {
+			t.Fatalf("the held XA PREPARE prepared %v after phase two found nothing", got)
+		}
+		ntMustRow(t, raw, tbl, i+1, false)
+	}
+
+	// The network delivers what it held before phase two: the branch is
+	// prepared (detached when the server reads the close), and phase two,
+	// fence first, finishes it as asked.
+	for i, commit := range []bool{false, true} {
+		name := prefix + "d" + strconv.Itoa(i)
+		id := 10 + i
+		p.HoldFrom("XA PREPARE")
+		err := dtx.BeginDistributed(ctx, db, name, ntInsertFn(ctx, tbl, id))
+		ntIs(t, "BeginDistributed with XA PREPARE held", err, dtx.ErrOutcomeUnknown)
+		p.Heal(false)
+		ntEventually(t, 10*time.Second, "the delivered XA PREPARE is not listed", func() bool {
+			return len(ntWithPrefix(t, direct, name)) == 1
+		})
+		if commit {
+			ntOK(t, "CommitDistributed after the delivery", dtx.CommitDistributed(ntCtx(t), name))
+		} else {
+			ntOK(t, "RollbackDistributed after the delivery", dtx.RollbackDistributed(ntCtx(t), name))
+		}
+		ntMustRow(t, raw, tbl, id, commit)
+		if got := ntWithPrefix(t, direct, name); len(got) != 0 {
+			t.Fatalf("still prepared after phase two: %v", got)
+		}
+	}
+}
+
+// The fence kills a thread of its own user and waits until it is gone; a
+// thread id that names another user's session (behind a proxy that greets
+// with ids of its own) is left alone, and one already gone is a fence done.
+func TestMySQLFence(t *testing.T) {
+	s := ntServer(t, "mysql")
+	admin := open(t, s, s.raw)
+	ctx := ntCtx(t)
+	session := func(t *testing.T, dsn string) (*sql.Conn, uint32) {
+		db, err := sql.Open(s.raw, dsn)
+		ntOK(t, "open", err)
+		t.Cleanup(func() { db.Close() })
+		cn, err := db.Conn(ctx)
+		ntOK(t, "conn", err)
+		t.Cleanup(func() { cn.Close() })
+		var id uint32
+		ntOK(t, "CONNECTION_ID", cn.QueryRowContext(ctx, "SELECT CONNECTION_ID()").Scan(&id))
+		return cn, id
+	}
+	alive := func(id uint32) bool {
+		return count(t, admin, "SELECT COUNT(*) FROM information_schema.processlist WHERE id = ?", id) == 1
+	}
+
+	own, id := session(t, s.dsn)
+	gone, err := dtx.MySQLFence(ctx, admin, id)
+	ntOK(t, "fence of an own session", err)
+	if gone.IsZero() || alive(id) {
+		t.Fatalf("fence returned %v with session %d alive: %v", gone, id, alive(id))
+	}
+	if err := own.PingContext(ctx); err == nil {
+		t.Fatal("the fenced session still answers")
+	}
+	if again, err := dtx.MySQLFence(ctx, admin, id); err != nil || again.IsZero() {
+		t.Fatalf("fence of a session already gone: %v, %v", again, err)
+	}
+
+	_, dsn := restrictedUser(t, s, admin, "GRANT SELECT ON test.* TO USER_")
+	other, oid := session(t, dsn)
+	skipped, err := dtx.MySQLFence(ctx, admin, oid)
+	ntOK(t, "fence of another user's session", err)
+	if !skipped.IsZero() || !alive(oid) {
+		t.Fatalf("another user's session %d: fence returned %v, alive %v; want it left alone", oid, skipped, alive(oid))
+	}
+	ntOK(t, "the other user's session still answers", other.PingContext(ctx))
 }

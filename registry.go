@@ -55,6 +55,7 @@ type entry struct {
 	pin      *sql.Conn   // BeginDistributed's conn, kept out of the pool until phase two
 	detached time.Time   // when dtx closed the branch's session
 	unsure   bool        // an earlier phase two's outcome is unknown
+	thread   uint32      // MySQL: the server thread a lost prepare ran on, until ended (mysqlFence)
 }
 
 // addConnector makes c's database one that a by-name finish searches,
@@ -229,9 +230,13 @@ func (e *entry) unpin() {
 	}
 }
 
-func (r *registry) uncertain(e *entry) {
+// uncertain records that e's prepare has an unknown outcome; thread is the
+// server thread of the session it ran on, when known (MariaDB/MySQL), which
+// phase two ends first (mysqlFence).
+func (r *registry) uncertain(e *entry, thread uint32) {
 	e.mu.Lock()
 	e.detached = time.Now()
+	e.thread = thread
 	e.mu.Unlock()
 	r.setState(e, stUncertain)
 }
@@ -508,6 +513,19 @@ func (c *connector) phaseTwoOn(ctx context.Context, e *entry, commit bool) error
 			c.releaseLocked(e, ReleaseUnknown)
 		}
 		return err
+	}
+	if e.thread != 0 {
+		// The prepare may still be on its way to that session: end it on
+		// the server first, or the server could prepare after this phase
+		// two found nothing.
+		gone, err := mysqlFence(ctx, c.pool(), e.thread)
+		if err != nil {
+			return err
+		}
+		e.thread = 0
+		if gone.After(e.detached) {
+			e.detached = gone
+		}
 	}
 	err := d.finish(ctx, c.pool(), e.name, commit, e.detached, c.opts.detachGrace)
 	if errors.Is(err, ErrOutcomeUnknown) {

@@ -46,11 +46,19 @@ type sessions struct {
 	held   int           // sessions held by prepared branches
 	live   int           // open conns
 	closed bool
-	nets   map[driver.Conn]net.Conn // a session's socket, for reset
+	nets   map[driver.Conn]socket // what dtx knows of each session it opened
 
 	// reset clears a session's state before reuse; nil when sessions
 	// cannot be reset, which then are never reused.
 	reset *sessionReset
+}
+
+// socket is what dtx knows of a session it opened: the socket, for the
+// reset, and the server's thread id (from its greeting), to end the session
+// on the server after a lost prepare (mysqlFence).
+type socket struct {
+	nc     net.Conn
+	thread uint32
 }
 
 // A sessionReset clears a session's state in two halves: start writes the
@@ -101,7 +109,7 @@ func (ss *sessions) take() driver.Conn {
 // spare; an error means s must be closed.
 func (ss *sessions) finishReset(ctx context.Context, s driver.Conn) error {
 	ss.mu.Lock()
-	nc := ss.nets[s]
+	nc := ss.nets[s].nc
 	ss.mu.Unlock()
 	if nc == nil {
 		return errors.New("dtx: spare session without a socket")
@@ -111,14 +119,21 @@ func (ss *sessions) finishReset(ctx context.Context, s driver.Conn) error {
 	return ss.reset.finish(ctx, nc)
 }
 
-// track records nc as the socket of s.
-func (ss *sessions) track(s driver.Conn, nc net.Conn) {
+// track records sk as the socket of s.
+func (ss *sessions) track(s driver.Conn, sk socket) {
 	ss.mu.Lock()
 	if ss.nets == nil {
-		ss.nets = map[driver.Conn]net.Conn{}
+		ss.nets = map[driver.Conn]socket{}
 	}
-	ss.nets[s] = nc
+	ss.nets[s] = sk
 	ss.mu.Unlock()
+}
+
+// thread is the server's thread id of s, 0 when unknown.
+func (ss *sessions) thread(s driver.Conn) uint32 {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	return ss.nets[s].thread
 }
 
 // opened counts a new conn, which has a session.
@@ -177,7 +192,7 @@ func (ss *sessions) trimLocked() []driver.Conn {
 func (ss *sessions) recycle(s driver.Conn) {
 	ss.mu.Lock()
 	ss.held--
-	nc := ss.nets[s]
+	nc := ss.nets[s].nc
 	keep := ss.reset != nil && nc != nil && len(ss.free) < ss.boundLocked()
 	over := ss.trimLocked()
 	ss.mu.Unlock()

@@ -82,7 +82,8 @@ func (t *tx) Commit() error {
 	case err == nil:
 		reg.prepared(t.e, held, t.c)
 	case errors.Is(err, ErrOutcomeUnknown):
-		reg.uncertain(t.e)
+		reg.uncertain(t.e, t.c.lost)
+		t.c.lost = 0
 	default:
 		reg.drop(t.e)
 	}

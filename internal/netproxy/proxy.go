@@ -36,6 +36,8 @@ type Proxy struct {
 	delay   time.Duration // at most this before each chunk, while > 0
 	hole    chan struct{} // non-nil while black-holed: closed by Heal
 	pattern []byte        // armed reply drop, or nil
+	holdPat []byte        // armed hold, or nil
+	holdCh  chan struct{} // closed by Heal: releases held connections
 	closed  bool
 	wg      sync.WaitGroup
 
@@ -51,6 +53,7 @@ type pair struct {
 	once           sync.Once
 	done           chan struct{} // closed when the pair is cut
 	dropReply      bool          // the next server chunk is swallowed; guarded by Proxy.mu
+	hold           chan struct{} // client chunks wait for it to close; guarded by Proxy.mu
 }
 
 func (c *pair) cut() {
@@ -107,8 +110,22 @@ func (p *Proxy) BlackHole() {
 	p.mu.Unlock()
 }
 
-// Heal ends a black hole, a delay and an armed reply drop. With cut, the
-// connections that were open are cut first.
+// HoldFrom arms the proxy: the next client message containing pattern, and
+// everything after it on that connection, both ways, waits until Heal, unless the
+// connection is cut first (the server closing its side cuts it). Nothing
+// else waits: the message is held in the network, as a partition would
+// hold it, neither lost nor delivered.
+func (p *Proxy) HoldFrom(pattern string) {
+	p.mu.Lock()
+	p.holdPat = []byte(pattern)
+	if p.holdCh == nil {
+		p.holdCh = make(chan struct{})
+	}
+	p.mu.Unlock()
+}
+
+// Heal ends a black hole, a delay, holds and an armed reply drop. With cut,
+// the connections that were open are cut first.
 func (p *Proxy) Heal(cut bool) {
 	if cut {
 		p.Cut()
@@ -118,6 +135,11 @@ func (p *Proxy) Heal(cut bool) {
 		close(p.hole)
 		p.hole = nil
 	}
+	if p.holdCh != nil {
+		close(p.holdCh)
+		p.holdCh = nil
+	}
+	p.holdPat = nil
 	p.delay = 0
 	p.pattern = nil
 	p.mu.Unlock()
@@ -222,8 +244,15 @@ func (p *Proxy) forward(c *pair) {
 // pass waits out a black hole and a delay; false when the pair was cut.
 func (p *Proxy) pass(c *pair) bool {
 	p.mu.Lock()
-	hole, delay := p.hole, p.delay
+	hole, delay, hold := p.hole, p.delay, c.hold
 	p.mu.Unlock()
+	if hold != nil {
+		select {
+		case <-hold:
+		case <-c.done:
+			return false
+		}
+	}
 	if hole != nil {
 		select {
 		case <-hole:
@@ -250,6 +279,12 @@ func (p *Proxy) pipe(c *pair, src, dst net.Conn, fromClient bool) {
 	for {
 		n, err := src.Read(buf)
 		if n > 0 {
+			p.mu.Lock()
+			if fromClient && p.holdPat != nil && bytes.Contains(buf[:n], p.holdPat) {
+				p.holdPat = nil
+				c.hold = p.holdCh
+			}
+			p.mu.Unlock()
 			if !p.pass(c) {
 				return
 			}

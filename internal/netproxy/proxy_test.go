@@ -143,3 +143,33 @@ func TestProxyDropReply(t *testing.T) {
 		t.Fatal("still armed after the drop")
 	}
 }
+
+// HoldFrom holds the matching message and what follows on that connection
+// until Heal, and lets other connections pass meanwhile.
+func TestProxyHoldFrom(t *testing.T) {
+	p, c, r, seen := proxied(t)
+	if got, err := say(t, c, r, "before"); err != nil || got != "re:before" {
+		t.Fatalf("before the hold: %q, %v", got, err)
+	}
+	<-seen
+	p.HoldFrom("held")
+	if _, err := say(t, c, r, "held"); !timedOut(err) {
+		t.Fatalf("a held message was answered: %v", err)
+	}
+	other, err := net.Dial("tcp", p.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	if got, err := say(t, other, bufio.NewReader(other), "other"); err != nil || got != "re:other" {
+		t.Fatalf("another connection during the hold: %q, %v", got, err)
+	}
+	if l := <-seen; l != "other" {
+		t.Fatalf("the server got %q during the hold, want only the other connection's line", l)
+	}
+	p.Heal(false)
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if got, err := r.ReadString('\n'); err != nil || got != "re:held\n" {
+		t.Fatalf("healed: the held line did not pass: %q, %v", got, err)
+	}
+}
