@@ -49,19 +49,24 @@ type Proxy struct {
 
 // pair is one proxied connection: the client's and the server's sides.
 type pair struct {
-	client, server net.Conn
-	once           sync.Once
-	done           chan struct{} // closed when the pair is cut
-	dropReply      bool          // the next server chunk is swallowed; guarded by Proxy.mu
-	hold           chan struct{} // client chunks wait for it to close; guarded by Proxy.mu
+	client    net.Conn
+	smu       sync.Mutex // guards server, set once dialled
+	server    net.Conn
+	once      sync.Once
+	done      chan struct{} // closed when the pair is cut
+	dropReply bool          // the next server chunk is swallowed; guarded by Proxy.mu
+	hold      chan struct{} // client chunks wait for it to close; guarded by Proxy.mu
 }
 
 func (c *pair) cut() {
 	c.once.Do(func() {
 		close(c.done)
 		c.client.Close()
-		if c.server != nil {
-			c.server.Close()
+		c.smu.Lock()
+		s := c.server
+		c.smu.Unlock()
+		if s != nil {
+			s.Close()
 		}
 	})
 }
@@ -221,9 +226,9 @@ func (p *Proxy) forward(c *pair) {
 	if err != nil {
 		return
 	}
-	p.mu.Lock()
+	c.smu.Lock()
 	c.server = s
-	p.mu.Unlock()
+	c.smu.Unlock()
 	p.accepted.Add(1)
 	n := p.open.Add(1)
 	for m := p.maxOpen.Load(); n > m && !p.maxOpen.CompareAndSwap(m, n); m = p.maxOpen.Load() {
