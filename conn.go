@@ -24,9 +24,9 @@ type conn struct {
 	parent driver.Conn
 	c      *connector
 	closed bool // counted closed in c.c.ss
-	// lost is the server thread of the session that a prepare with an
-	// unknown outcome discarded (MariaDB/MySQL), for tx.Commit to give
-	// the name's entry (see mysqlFence); 0 when unknown.
+	// lost is the server session (MySQL thread, PostgreSQL backend) on
+	// which a prepare's outcome is unknown, for tx.Commit to give the
+	// name's entry (see Dialect.fence); 0 when unknown.
 	lost uint32
 
 	// home is the MariaDB/MySQL branch prepared on parent and not finished

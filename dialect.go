@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"database/sql/driver"
 	"errors"
+	"fmt"
 	"io"
 	"time"
 )
@@ -31,6 +32,11 @@ type Dialect interface {
 	// finish is phase two from any session of db. detached is when the
 	// session that prepared the branch was closed, zero when unknown.
 	finish(ctx context.Context, db *sql.DB, name string, commit bool, detached time.Time, grace time.Duration) error
+	// fence ends, through db, the server session id names (a MySQL
+	// thread, a PostgreSQL backend) on which a prepare's outcome is
+	// unknown, and returns when the server no longer lists it; the zero
+	// time when it does not (a session of another user, left alone).
+	fence(ctx context.Context, db *sql.DB, id uint32) (time.Time, error)
 	// list returns the prepared transactions of db's database.
 	list(ctx context.Context, db *sql.DB) ([]Prepared, error)
 }
@@ -179,5 +185,38 @@ func sleepCtx(ctx context.Context, d time.Duration) error {
 		return nil
 	case <-ctx.Done():
 		return ctx.Err()
+	}
+}
+
+// endSession is Dialect.fence on db for the session what names: ours
+// answers one row, whether the session is this login user's (no row: it is
+// gone already); end ends it, an error gone tells is fine; live counts it,
+// polled until 0. It returns when the session is gone, or the zero time
+// when it is another user's, which is left alone.
+func endSession(ctx context.Context, db *sql.DB, what, ours, end, live string, gone func(error) bool) (time.Time, error) {
+	var mine bool
+	err := db.QueryRowContext(ctx, ours).Scan(&mine)
+	switch {
+	case errors.Is(err, sql.ErrNoRows):
+		return time.Now(), nil
+	case err != nil:
+		return time.Time{}, fmt.Errorf("dtx: looking for %s, whose prepare's outcome is unknown: %w", what, err)
+	case !mine:
+		return time.Time{}, nil
+	}
+	if _, err := db.ExecContext(ctx, end); err != nil && !gone(err) {
+		return time.Time{}, fmt.Errorf("dtx: ending %s, whose prepare's outcome is unknown: %w", what, err)
+	}
+	for {
+		var n int
+		if err := db.QueryRowContext(ctx, live).Scan(&n); err != nil {
+			return time.Time{}, fmt.Errorf("dtx: waiting for %s to end: %w", what, err)
+		}
+		if n == 0 {
+			return time.Now(), nil
+		}
+		if err := sleepCtx(ctx, 5*time.Millisecond); err != nil {
+			return time.Time{}, err
+		}
 	}
 }

@@ -1,6 +1,10 @@
 package dtx
 
-import "time"
+import (
+	"context"
+	"database/sql"
+	"time"
+)
 
 // SetHook replaces the coordinator's test hook, called with the name of
 // each protocol step ("before-prepare", "prepared:<i>", "decided",
@@ -61,7 +65,10 @@ func Connectors() int {
 	return len(reg.connectors)
 }
 
-// MySQLFence exposes the fence phase two runs for a name whose prepare's
-// outcome is unknown: it ends the MariaDB/MySQL server thread, and returns
-// when the thread is gone (zero time: not fenced, another user's thread).
-var MySQLFence = mysqlFence
+// Fence exposes the fence phase two runs for a name whose prepare's
+// outcome is unknown: it ends the server session id names (a MariaDB/MySQL
+// thread, a PostgreSQL backend), and returns when it is gone (zero time:
+// not fenced, another user's session).
+func Fence(d Dialect) func(ctx context.Context, db *sql.DB, id uint32) (time.Time, error) {
+	return d.fence
+}

@@ -122,7 +122,7 @@ func (mysqlDialect) prepare(ctx context.Context, c *conn, name string) (driver.C
 // erNoSuchThread answers KILL of a thread that is already gone.
 const erNoSuchThread = 1094
 
-// mysqlFence ends the server thread of a session whose prepare's outcome
+// fence ends the server thread of a session whose prepare's outcome
 // is unknown, and returns when the server no longer lists it. dtx closed
 // its side, but a network that held the prepare rather than lost it can
 // still deliver it, and the server runs it before it reads the close: the
@@ -136,33 +136,13 @@ const erNoSuchThread = 1094
 // greets with ids of its own (ProxySQL, MaxScale) it may name someone
 // else's session: a thread of another user is never killed, and the fence
 // is then given up, as if there were none.
-func mysqlFence(ctx context.Context, db *sql.DB, thread uint32) (time.Time, error) {
+func (mysqlDialect) fence(ctx context.Context, db *sql.DB, thread uint32) (time.Time, error) {
 	id := strconv.FormatUint(uint64(thread), 10)
-	var ours bool
-	err := db.QueryRowContext(ctx, "SELECT user = SUBSTRING_INDEX(USER(), '@', 1) FROM information_schema.processlist WHERE id = "+id).Scan(&ours)
-	switch {
-	case errors.Is(err, sql.ErrNoRows):
-		return time.Now(), nil
-	case err != nil:
-		return time.Time{}, fmt.Errorf("dtx: looking for session %s, whose prepare's outcome is unknown: %w", id, err)
-	case !ours:
-		return time.Time{}, nil
-	}
-	if _, err := db.ExecContext(ctx, "KILL CONNECTION "+id); err != nil && myErrno(err) != erNoSuchThread {
-		return time.Time{}, fmt.Errorf("dtx: ending session %s, whose prepare's outcome is unknown: %w", id, err)
-	}
-	for {
-		var n int
-		if err := db.QueryRowContext(ctx, "SELECT COUNT(*) FROM information_schema.processlist WHERE id = "+id).Scan(&n); err != nil {
-			return time.Time{}, fmt.Errorf("dtx: waiting for session %s to end: %w", id, err)
-		}
-		if n == 0 {
-			return time.Now(), nil
-		}
-		if err := sleepCtx(ctx, 5*time.Millisecond); err != nil {
-			return time.Time{}, err
-		}
-	}
+	return endSession(ctx, db, "session "+id,
+		"SELECT user = SUBSTRING_INDEX(USER(), '@', 1) FROM information_schema.processlist WHERE id = "+id,
+		"KILL CONNECTION "+id,
+		"SELECT COUNT(*) FROM information_schema.processlist WHERE id = "+id,
+		func(err error) bool { return myErrno(err) == erNoSuchThread })
 }
 
 func mysqlPrepareError(name string, err error, unknown bool) error {

@@ -15,6 +15,7 @@ type options struct {
 	holdTimeout time.Duration
 	detachGrace time.Duration
 	commandTag  func(ctx context.Context, parent driver.Conn, query string) (string, error)
+	backendPID  func(parent driver.Conn) (uint32, bool)
 	unsearched  bool
 	logger      *slog.Logger
 	hooks       *Hooks
@@ -78,6 +79,19 @@ func WithDetachGrace(d time.Duration) Option {
 // The dtxpgx package (module github.com/dtx-go/dtx/pgx) passes one for pgx.
 func WithCommandTag(f func(ctx context.Context, parent driver.Conn, query string) (tag string, err error)) Option {
 	return func(o *options) { o.commandTag = f }
+}
+
+// WithBackendPID gives dtx a function that returns the PostgreSQL backend
+// process of a parent connection, known to the driver from the server's
+// BackendKeyData (false for a connection it does not know). With it, phase
+// two of a name whose prepare's outcome is unknown first ends that backend
+// (pg_terminate_backend) and waits until pg_stat_activity no longer lists
+// it: the driver gave up on the prepare, but a network that held PREPARE
+// TRANSACTION rather than lost it could still deliver it, and the backend
+// would prepare after phase two found nothing. lib/pq never gives up on a
+// prepare and needs none. The dtxpgx package passes one for pgx.
+func WithBackendPID(f func(parent driver.Conn) (pid uint32, ok bool)) Option {
+	return func(o *options) { o.backendPID = f }
 }
 
 // WithoutSearch keeps the database out of the by-name search: after a

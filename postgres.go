@@ -4,8 +4,10 @@ import (
 	"context"
 	"database/sql"
 	"database/sql/driver"
+	"errors"
 	"fmt"
 	"reflect"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -61,7 +63,11 @@ func (postgresDialect) prepare(ctx context.Context, c *conn, name string) (drive
 		tag, hasTag, err = queryDriver(ctx, c.parent, q, nil)
 	}
 	if err != nil {
-		return nil, pgPrepareError(name, err)
+		err = pgPrepareError(name, err)
+		if f := c.c.opts.backendPID; f != nil && errors.Is(err, ErrOutcomeUnknown) {
+			c.lost, _ = f(c.parent)
+		}
+		return nil, err
 	}
 	if hasTag && tag != "PREPARE TRANSACTION" {
 		return nil, fmt.Errorf("%w: %q was rolled back by the server (a statement in it failed)", ErrNotPrepared, name)
@@ -155,6 +161,22 @@ func (postgresDialect) abort(ctx context.Context, c *conn, _ string) error {
 
 func (postgresDialect) finishHeld(context.Context, driver.Conn, string, bool) error {
 	panic("dtx: PostgreSQL holds no prepared sessions")
+}
+
+// fence ends the backend pid, on which a prepare's outcome is unknown, and
+// returns when pg_stat_activity no longer lists it: a PREPARE TRANSACTION
+// the network held can then find no backend to run it, and
+// pg_prepared_xacts shows whether one arrived before. Only a backend of the
+// same session user is ended (pg_terminate_backend allows that without
+// pg_signal_backend); a pid that names another user's is left alone, and
+// the zero time says the fence was given up.
+func (postgresDialect) fence(ctx context.Context, db *sql.DB, pid uint32) (time.Time, error) {
+	id := strconv.FormatUint(uint64(pid), 10)
+	return endSession(ctx, db, "backend "+id,
+		"SELECT usename = session_user FROM pg_stat_activity WHERE pid = "+id,
+		"SELECT pg_terminate_backend("+id+")",
+		"SELECT COUNT(*) FROM pg_stat_activity WHERE pid = "+id,
+		func(error) bool { return false })
 }
 
 // finish runs COMMIT/ROLLBACK PREPARED on any connection of db: PostgreSQL

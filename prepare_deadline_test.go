@@ -103,50 +103,64 @@ func TestNamedPrepareDeadline(t *testing.T) {
 	})
 }
 
-// TestNamedMySQLHeldPrepare: a network that holds XA PREPARE, neither
-// losing nor delivering it, past the prepare's bound. dtx gives up
-// (ErrOutcomeUnknown, the driver closes its socket), but the server has not
-// seen the close and would run the prepare when it arrives. Phase two by
-// name first ends that session on the server (mysqlFence), so its answer
-// that the name is unknown stays true: once the network delivers what it
-// held, nothing is prepared. Without the fence the held XA PREPARE lands
-// after phase two found nothing, and the branch stays prepared.
-func TestNamedMySQLHeldPrepare(t *testing.T) {
+// TestNamedHeldPrepare: a network that holds the prepare (XA PREPARE,
+// PREPARE TRANSACTION), neither losing nor delivering it, past the
+// prepare's bound. The driver gives up (ErrOutcomeUnknown; go-sql-driver/mysql
+// and pgx close their socket), but the server has not seen the close and
+// would run the prepare when it arrives. Phase two by name first ends that
+// session on the server (Dialect.fence), so its answer that the name is
+// unknown stays true: once the network delivers what it held, nothing is
+// prepared. Without the fence the held prepare lands after phase two found
+// nothing, and the transaction stays prepared. lib/pq never gives up on a
+// prepare, so it is left out.
+func TestNamedHeldPrepare(t *testing.T) {
 	const bound = 300 * time.Millisecond
 	t.Cleanup(dtx.SetPrepareTimeout(bound))
-	s := ntServer(t, "mysql")
+	eachServer(t, func(t *testing.T, s server) {
+		if s.label == "postgres" {
+			t.Skip("lib/pq waits for the prepare's answer whatever the context")
+		}
+		testHeldPrepare(t, s)
+	})
+}
+
+func testHeldPrepare(t *testing.T, s server) {
 	raw, tbl, prefix, p, db, direct := viaProxy(t, s)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
+	prepare := "XA PREPARE"
+	if s.kind == "postgres" {
+		prepare = "PREPARE TRANSACTION"
+	}
 	for i, commit := range []bool{false, true} {
 		name := prefix + strconv.Itoa(i)
-		p.HoldFrom("XA PREPARE")
+		p.HoldFrom(prepare)
 		err := dtx.BeginDistributed(ctx, db, name, ntInsertFn(ctx, tbl, i+1))
-		ntIs(t, "BeginDistributed with XA PREPARE held", err, dtx.ErrOutcomeUnknown)
+		ntIs(t, "BeginDistributed with the prepare held", err, dtx.ErrOutcomeUnknown)
 		finish := dtx.RollbackDistributed
 		if commit {
 			finish = dtx.CommitDistributed
 		}
-		ntIs(t, "phase two while XA PREPARE is held", finish(ntCtx(t), name), dtx.ErrUnknownName)
+		ntIs(t, "phase two while the prepare is held", finish(ntCtx(t), name), dtx.ErrUnknownName)
 		p.Heal(false)
 		time.Sleep(500 * time.Millisecond) // what was held is delivered, if anything takes it
 		if got := ntWithPrefix(t, direct, name); len(got) != 0 {
-			t.Fatalf("the held XA PREPARE prepared %v after phase two found nothing", got)
+			t.Fatalf("the held %s prepared %v after phase two found nothing", prepare, got)
 		}
 		ntMustRow(t, raw, tbl, i+1, false)
 	}
 
-	// The network delivers what it held before phase two: the branch is
-	// prepared (detached when the server reads the close), and phase two,
-	// fence first, finishes it as asked.
+	// The network delivers what it held before phase two: the transaction
+	// is prepared (on MariaDB detached when the server reads the close),
+	// and phase two, fence first, finishes it as asked.
 	for i, commit := range []bool{false, true} {
 		name := prefix + "d" + strconv.Itoa(i)
 		id := 10 + i
-		p.HoldFrom("XA PREPARE")
+		p.HoldFrom(prepare)
 		err := dtx.BeginDistributed(ctx, db, name, ntInsertFn(ctx, tbl, id))
-		ntIs(t, "BeginDistributed with XA PREPARE held", err, dtx.ErrOutcomeUnknown)
+		ntIs(t, "BeginDistributed with the prepare held", err, dtx.ErrOutcomeUnknown)
 		p.Heal(false)
-		ntEventually(t, 10*time.Second, "the delivered XA PREPARE is not listed", func() bool {
+		ntEventually(t, 10*time.Second, "the delivered prepare is not listed", func() bool {
 			return len(ntWithPrefix(t, direct, name)) == 1
 		})
 		if commit {
@@ -161,47 +175,53 @@ func TestNamedMySQLHeldPrepare(t *testing.T) {
 	}
 }
 
-// The fence kills a thread of its own user and waits until it is gone; a
-// thread id that names another user's session (behind a proxy that greets
-// with ids of its own) is left alone, and one already gone is a fence done.
-func TestMySQLFence(t *testing.T) {
-	s := ntServer(t, "mysql")
-	admin := open(t, s, s.raw)
-	ctx := ntCtx(t)
-	session := func(t *testing.T, dsn string) (*sql.Conn, uint32) {
-		db, err := sql.Open(s.raw, dsn)
-		ntOK(t, "open", err)
-		t.Cleanup(func() { db.Close() })
-		cn, err := db.Conn(ctx)
-		ntOK(t, "conn", err)
-		t.Cleanup(func() { cn.Close() })
-		var id uint32
-		ntOK(t, "CONNECTION_ID", cn.QueryRowContext(ctx, "SELECT CONNECTION_ID()").Scan(&id))
-		return cn, id
-	}
-	alive := func(id uint32) bool {
-		return count(t, admin, "SELECT COUNT(*) FROM information_schema.processlist WHERE id = ?", id) == 1
-	}
+// The fence ends a session of its own user and waits until it is gone; an
+// id that names another user's session (behind a proxy that greets with ids
+// of its own) is left alone, and one already gone is a fence done.
+func TestFence(t *testing.T) {
+	eachServerOnce(t, func(t *testing.T, s server) {
+		d, idQuery, grants := dtx.MySQL, "SELECT CONNECTION_ID()", []string{"GRANT SELECT ON test.* TO USER_"}
+		activity := "SELECT COUNT(*) FROM information_schema.processlist WHERE id = ?"
+		if s.kind == "postgres" {
+			d, idQuery, grants = dtx.Postgres, "SELECT pg_backend_pid()", nil
+			activity = "SELECT COUNT(*) FROM pg_stat_activity WHERE pid = $1"
+		}
+		fence := dtx.Fence(d)
+		admin := open(t, s, s.raw)
+		ctx := ntCtx(t)
+		session := func(t *testing.T, dsn string) (*sql.Conn, uint32) {
+			db, err := sql.Open(s.raw, dsn)
+			ntOK(t, "open", err)
+			t.Cleanup(func() { db.Close() })
+			cn, err := db.Conn(ctx)
+			ntOK(t, "conn", err)
+			t.Cleanup(func() { cn.Close() })
+			var id uint32
+			ntOK(t, "session id", cn.QueryRowContext(ctx, idQuery).Scan(&id))
+			return cn, id
+		}
+		alive := func(id uint32) bool { return count(t, admin, activity, id) == 1 }
 
-	own, id := session(t, s.dsn)
-	gone, err := dtx.MySQLFence(ctx, admin, id)
-	ntOK(t, "fence of an own session", err)
-	if gone.IsZero() || alive(id) {
-		t.Fatalf("fence returned %v with session %d alive: %v", gone, id, alive(id))
-	}
-	if err := own.PingContext(ctx); err == nil {
-		t.Fatal("the fenced session still answers")
-	}
-	if again, err := dtx.MySQLFence(ctx, admin, id); err != nil || again.IsZero() {
-		t.Fatalf("fence of a session already gone: %v, %v", again, err)
-	}
+		own, id := session(t, s.dsn)
+		gone, err := fence(ctx, admin, id)
+		ntOK(t, "fence of an own session", err)
+		if gone.IsZero() || alive(id) {
+			t.Fatalf("fence returned %v with session %d alive: %v", gone, id, alive(id))
+		}
+		if err := own.PingContext(ctx); err == nil {
+			t.Fatal("the fenced session still answers")
+		}
+		if again, err := fence(ctx, admin, id); err != nil || again.IsZero() {
+			t.Fatalf("fence of a session already gone: %v, %v", again, err)
+		}
 
-	_, dsn := restrictedUser(t, s, admin, "GRANT SELECT ON test.* TO USER_")
-	other, oid := session(t, dsn)
-	skipped, err := dtx.MySQLFence(ctx, admin, oid)
-	ntOK(t, "fence of another user's session", err)
-	if !skipped.IsZero() || !alive(oid) {
-		t.Fatalf("another user's session %d: fence returned %v, alive %v; want it left alone", oid, skipped, alive(oid))
-	}
-	ntOK(t, "the other user's session still answers", other.PingContext(ctx))
+		_, dsn := restrictedUser(t, s, admin, grants...)
+		other, oid := session(t, dsn)
+		skipped, err := fence(ctx, admin, oid)
+		ntOK(t, "fence of another user's session", err)
+		if !skipped.IsZero() || !alive(oid) {
+			t.Fatalf("another user's session %d: fence returned %v, alive %v; want it left alone", oid, skipped, alive(oid))
+		}
+		ntOK(t, "the other user's session still answers", other.PingContext(ctx))
+	})
 }

@@ -55,7 +55,7 @@ type entry struct {
 	pin      *sql.Conn   // BeginDistributed's conn, kept out of the pool until phase two
 	detached time.Time   // when dtx closed the branch's session
 	unsure   bool        // an earlier phase two's outcome is unknown
-	thread   uint32      // MySQL: the server thread a lost prepare ran on, until ended (mysqlFence)
+	thread   uint32      // the server session a lost prepare ran on, until ended (Dialect.fence)
 }
 
 // addConnector makes c's database one that a by-name finish searches,
@@ -231,8 +231,8 @@ func (e *entry) unpin() {
 }
 
 // uncertain records that e's prepare has an unknown outcome; thread is the
-// server thread of the session it ran on, when known (MariaDB/MySQL), which
-// phase two ends first (mysqlFence).
+// server session it ran on (a MySQL thread, a PostgreSQL backend), when
+// known, which phase two ends first (Dialect.fence).
 func (r *registry) uncertain(e *entry, thread uint32) {
 	e.mu.Lock()
 	e.detached = time.Now()
@@ -518,7 +518,7 @@ func (c *connector) phaseTwoOn(ctx context.Context, e *entry, commit bool) error
 		// The prepare may still be on its way to that session: end it on
 		// the server first, or the server could prepare after this phase
 		// two found nothing.
-		gone, err := mysqlFence(ctx, c.pool(), e.thread)
+		gone, err := d.fence(ctx, c.pool(), e.thread)
 		if err != nil {
 			return err
 		}

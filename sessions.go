@@ -55,7 +55,7 @@ type sessions struct {
 
 // socket is what dtx knows of a session it opened: the socket, for the
 // reset, and the server's thread id (from its greeting), to end the session
-// on the server after a lost prepare (mysqlFence).
+// on the server after a lost prepare (Dialect.fence).
 type socket struct {
 	nc     net.Conn
 	thread uint32

@@ -18,7 +18,9 @@
 // and pgx's database/sql results carry none. CommandTag reads it from
 // pgconn, sending the statement in the simple protocol: no extra round trip,
 // and no server-side prepared statement left in pgx's statement cache for
-// each distinct name.
+// each distinct name. It also adds BackendPID, with which phase two of a
+// name whose prepare's outcome is unknown ends that backend first (see
+// dtx.WithBackendPID).
 package dtxpgx
 
 import (
@@ -32,13 +34,28 @@ import (
 )
 
 func init() {
-	dtx.Register("dtx+pgx", stdlib.GetDefaultDriver(), dtx.Postgres, CommandTag)
+	dtx.Register("dtx+pgx", stdlib.GetDefaultDriver(), dtx.Postgres, CommandTag, BackendPID)
 }
 
 // CommandTag is the dtx option that reads command tags from pgx
 // connections; see dtx.WithCommandTag. Pass it to dtx.NewConnector or
 // dtx.Register along with a pgx stdlib connector or driver.
 var CommandTag = dtx.WithCommandTag(commandTag)
+
+// BackendPID is the dtx option that reads a pgx connection's backend pid;
+// see dtx.WithBackendPID. With it, phase two of a name whose prepare's
+// outcome is unknown ends that backend first.
+var BackendPID = dtx.WithBackendPID(backendPID)
+
+// backendPID is the backend pid of a pgx stdlib connection, from the
+// server's BackendKeyData; false for any other connection.
+func backendPID(parent driver.Conn) (uint32, bool) {
+	c, ok := parent.(*stdlib.Conn)
+	if !ok {
+		return 0, false
+	}
+	return c.Conn().PgConn().PID(), true
+}
 
 // commandTag runs query, which has no arguments, on a pgx stdlib
 // connection in the simple protocol and returns its command tag; for any
@@ -62,9 +79,9 @@ func commandTag(ctx context.Context, parent driver.Conn, query string) (string, 
 }
 
 // NewConnector wraps pgx's stdlib connector for cfg in dtx, with
-// CommandTag; opts are dtx's options.
+// CommandTag and BackendPID; opts are dtx's options.
 func NewConnector(cfg pgx.ConnConfig, opts ...dtx.Option) driver.Connector {
-	return dtx.NewConnector(stdlib.GetConnector(cfg), dtx.Postgres, append([]dtx.Option{CommandTag}, opts...)...)
+	return dtx.NewConnector(stdlib.GetConnector(cfg), dtx.Postgres, append([]dtx.Option{CommandTag, BackendPID}, opts...)...)
 }
 
 // OpenDB opens a dtx database over pgx for cfg: sql.OpenDB(NewConnector(cfg, opts...)).
