@@ -182,18 +182,11 @@ func readAnswers(ctx context.Context, nc net.Conn, n int) error {
 
 // readAnswer reads one OK or ERR packet.
 func readAnswer(nc net.Conn) error {
-	var h [4]byte
-	if _, err := io.ReadFull(nc, h[:]); err != nil {
+	b, err := readPacket(nc)
+	if err != nil {
 		return fmt.Errorf("dtx: COM_RESET_CONNECTION: %w", err)
 	}
-	n := int(h[0]) | int(h[1])<<8 | int(h[2])<<16
-	if n == 0 || n > 1<<16 {
-		return errors.New("dtx: COM_RESET_CONNECTION: unexpected answer")
-	}
-	p := make([]byte, n)
-	if _, err := io.ReadFull(nc, p); err != nil {
-		return fmt.Errorf("dtx: COM_RESET_CONNECTION: %w", err)
-	}
+	p := b[4:]
 	switch {
 	case p[0] == 0x00:
 		return nil
@@ -207,7 +200,7 @@ func readAnswer(nc net.Conn) error {
 		me.Message = string(msg)
 		return fmt.Errorf("dtx: COM_RESET_CONNECTION: %w", me)
 	}
-	return errors.New("dtx: COM_RESET_CONNECTION: unexpected answer")
+	return fmt.Errorf("dtx: COM_RESET_CONNECTION: %w", errUnexpected)
 }
 
 // greetedConn is a session's socket whose greeting dtx read first, to learn
@@ -271,13 +264,21 @@ func readGreeting(ctx context.Context, nc net.Conn) (*greetedConn, error) {
 	return g, nil
 }
 
-// readPacket reads one whole packet, its header included.
+// errUnexpected is a packet dtx does not expect from the server.
+var errUnexpected = errors.New("unexpected answer")
+
+// readPacket reads one whole packet, its header included. An empty payload,
+// or one over 64 KiB, is none that dtx reads (an OK, an ERR, a greeting):
+// errUnexpected, before anything is allocated for it.
 func readPacket(r io.Reader) ([]byte, error) {
 	h := make([]byte, 4, 128)
 	if _, err := io.ReadFull(r, h); err != nil {
 		return nil, err
 	}
 	n := int(h[0]) | int(h[1])<<8 | int(h[2])<<16
+	if n == 0 || n > 1<<16 {
+		return nil, errUnexpected
+	}
 	b := append(h, make([]byte, n)...)
 	_, err := io.ReadFull(r, b[4:])
 	return b, err
