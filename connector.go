@@ -129,7 +129,7 @@ func (c *connector) session(ctx context.Context, check bool) (driver.Conn, error
 		}
 		c.ss.closeSession(s)
 	}
-	if c.ss.reset == nil {
+	if !c.ss.greeted {
 		return c.parent.Connect(ctx)
 	}
 	var slot netSlot

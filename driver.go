@@ -112,12 +112,12 @@ func (d *Driver) OpenConnector(dsn string) (driver.Connector, error) {
 
 func (d *Driver) connector(dsn string) (*connector, error) {
 	if _, ok := d.parent.(*mysql.MySQLDriver); ok && d.dialect == MySQL {
-		parent, reset, err := mysqlConnector(dsn)
+		parent, reset, greeted, err := mysqlConnector(dsn)
 		if err != nil {
 			return nil, err
 		}
 		c := newConnector(parent, d, d.opts)
-		c.ss.reset = reset
+		c.ss.reset, c.ss.greeted = reset, greeted
 		return c, nil
 	}
 	var parent driver.Connector = dsnConnector{dsn: dsn, drv: d.parent}

@@ -44,29 +44,39 @@ type netSlot struct {
 
 type netSlotKey struct{}
 
-// mysqlResettable reports whether sessions opened with cfg can be reset by
-// dtx: plain TCP or unix sockets, no TLS, no compression, no dial function
-// of the caller's. Others are closed after their held branch instead.
-func mysqlResettable(cfg *mysql.Config) bool {
+// mysqlGreeted reports whether dtx can dial the sessions of cfg itself and
+// read each one's greeting, for its thread id: TCP or unix sockets, TLS and
+// compression included (the greeting comes before either starts), without a
+// dial function of the caller's (a network registered with
+// mysql.RegisterDialContext is dialed by the driver).
+func mysqlGreeted(cfg *mysql.Config) bool {
 	switch cfg.Net {
 	case "tcp", "tcp4", "tcp6", "unix":
-	default:
-		return false
+		return cfg.DialFunc == nil
 	}
-	return cfg.TLS == nil && cfg.DialFunc == nil && !strings.Contains(cfg.FormatDSN(), "compress=true")
+	return false
 }
 
-// mysqlConnector is the dtx+mysql driver's parent connector for dsn, and the
-// reset for its sessions, nil when they cannot be reset.
-func mysqlConnector(dsn string) (driver.Connector, *sessionReset, error) {
+// mysqlResettable reports whether sessions opened with cfg can also be reset
+// by dtx, which writes on their socket: greeted, and neither TLS nor
+// compression. Others are closed after their held branch instead.
+func mysqlResettable(cfg *mysql.Config) bool {
+	return mysqlGreeted(cfg) && cfg.TLS == nil && !strings.Contains(cfg.FormatDSN(), "compress=true")
+}
+
+// mysqlConnector is the dtx+mysql driver's parent connector for dsn, the
+// reset for its sessions, nil when they cannot be reset, and whether its
+// sessions are greeted (their thread ids known, through netSlot).
+func mysqlConnector(dsn string) (pc driver.Connector, reset *sessionReset, greeted bool, err error) {
 	cfg, err := mysql.ParseDSN(dsn)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, false, err
 	}
-	if !mysqlResettable(cfg) {
+	if !mysqlGreeted(cfg) {
 		pc, err := mysql.NewConnector(cfg)
-		return pc, nil, err
+		return pc, nil, false, err
 	}
+	resettable := mysqlResettable(cfg) // before dtx's own dial function is set
 	cfg.DialFunc = func(ctx context.Context, network, addr string) (net.Conn, error) {
 		var d net.Dialer
 		nc, err := d.DialContext(ctx, network, addr)
@@ -82,16 +92,15 @@ func mysqlConnector(dsn string) (driver.Connector, *sessionReset, error) {
 		slot.nc, slot.thread = g, g.thread
 		return g, nil
 	}
-	pc, err := mysql.NewConnector(cfg)
-	if err != nil {
-		return nil, nil, err
+	if pc, err = mysql.NewConnector(cfg); err != nil || !resettable {
+		return pc, nil, err == nil, err
 	}
 	replay := mysqlReplay(dsn, cfg)
 	cmds, n := resetCommands(replay), len(replay)+1
 	return pc, &sessionReset{
 		start:  func(nc net.Conn) error { return writeAll(nc, cmds) },
 		finish: func(ctx context.Context, nc net.Conn) error { return readAnswers(ctx, nc, n) },
-	}, nil
+	}, true, nil
 }
 
 // mysqlReplay is what the driver sets by statement when it connects and a

@@ -51,6 +51,10 @@ type sessions struct {
 	// reset clears a session's state before reuse; nil when sessions
 	// cannot be reset, which then are never reused.
 	reset *sessionReset
+	// greeted: the parent dials through dtx's dial function, which reads
+	// each session's greeting (its thread id) and records the socket
+	// (nets); TLS and compressed sessions too, which cannot be reset.
+	greeted bool
 }
 
 // socket is what dtx knows of a session it opened: the socket, for the

@@ -419,6 +419,56 @@ func TestMySQLResetKeepsDSNSettings(t *testing.T) {
 	}
 }
 
+// TestMySQLCompressedSessionsNotReused: a compressed session (TLS alike)
+// cannot be reset by dtx, which would write plain packets into the
+// compressed stream. After its held branch is finished it is closed, never
+// handed to another conn, and the sessions that serve the pool still
+// answer.
+func TestMySQLCompressedSessionsNotReused(t *testing.T) {
+	s := ntServer(t, "mysql")
+	raw := open(t, s, s.raw)
+	ctx := ntCtx(t)
+	_, db := sessDB(t, s, s.wrapped, "compress=true")
+	defer db.Close()
+	db.SetMaxIdleConns(0)
+	keep, err := db.Conn(ctx)
+	ntOK(t, "Conn", err)
+	defer keep.Close()
+	tbl := table(t, s, raw, "id INT PRIMARY KEY")
+	prefix := names(t, s)
+	held := map[int64]bool{}
+	for i := range 2 {
+		name := prefix + strconv.Itoa(i)
+		tx, err := db.BeginTx(dtx.WithName(ctx, name), nil)
+		ntOK(t, "BeginTx", err)
+		var id int64
+		ntOK(t, "CONNECTION_ID", tx.QueryRowContext(ctx, "SELECT CONNECTION_ID()").Scan(&id))
+		held[id] = true
+		_, err = tx.ExecContext(ctx, ntInsert(tbl, i))
+		ntOK(t, "INSERT", err)
+		ntOK(t, "prepare", tx.Commit())
+		ntOK(t, "CommitDistributed", dtx.CommitDistributed(ctx, name))
+		ntMustRow(t, raw, tbl, i, true)
+	}
+	// Closed at phase two, not kept as a spare that a later Connect would
+	// take.
+	for id := range held {
+		ntEventually(t, 5*time.Second, "a held session is still open after phase two", func() bool {
+			return count(t, raw, "SELECT COUNT(*) FROM information_schema.processlist WHERE id = ?", id) == 0
+		})
+	}
+	for i := range 20 {
+		c, err := db.Conn(ctx)
+		ntOK(t, "Conn", err)
+		var id, n int64
+		ntOK(t, "read", c.QueryRowContext(ctx, "SELECT CONNECTION_ID(), ?", i).Scan(&id, &n))
+		c.Close()
+		if held[id] || n != int64(i) {
+			t.Fatalf("session %d answered %d for %d; held were %v", id, n, i, held)
+		}
+	}
+}
+
 // TestMySQLSessionsClosedWithDB: DB.Close closes every session dtx keeps,
 // spares, sessions being reset and held ones (whose branches stay
 // prepared), and leaves no reset running.
