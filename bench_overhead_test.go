@@ -108,67 +108,14 @@ func BenchmarkOverhead(b *testing.B) {
 		// (BEGIN, INSERT, PREPARE TRANSACTION, COMMIT PREPARED). dtx also
 		// sends SELECT 1 before the prepare: the fake reports no command
 		// tag (see WithCommandTag).
-		{"NamedCycle", func(b *testing.B, db *sql.DB, _ *sql.Stmt) {
-			if db.Driver() == (ovDriver{}) {
-				c, err := db.Conn(ctx)
-				if err != nil {
-					b.Fatal(err)
-				}
-				for _, q := range []string{"BEGIN", "INSERT INTO t VALUES (1)", "PREPARE TRANSACTION 'ov'"} {
-					if _, err := c.ExecContext(ctx, q); err != nil {
-						b.Fatal(err)
-					}
-				}
-				c.Close()
-				if _, err := db.ExecContext(ctx, "COMMIT PREPARED 'ov'"); err != nil {
-					b.Fatal(err)
-				}
-				return
-			}
-			err := dtx.BeginDistributed(ctx, db, "ov", func(tx *sql.Tx) error {
-				_, err := tx.ExecContext(ctx, "INSERT INTO t VALUES (1)")
-				return err
-			})
-			if err == nil {
-				err = dtx.CommitDistributed(ctx, "ov")
-			}
-			if err != nil {
-				b.Fatal(err)
-			}
-		}},
+		{"NamedCycle", ovNamedCycle(func() string { return "ov" })},
 		// The same cycle under a new name each time, as applications
 		// name their transactions: the registry then holds its full
 		// memory of finished names (keepFinished), as it does in use.
-		{"NamedCycleDistinct", func(b *testing.B, db *sql.DB, _ *sql.Stmt) {
-			if db.Driver() == (ovDriver{}) {
-				c, err := db.Conn(ctx)
-				if err != nil {
-					b.Fatal(err)
-				}
-				for _, q := range []string{"BEGIN", "INSERT INTO t VALUES (1)", "PREPARE TRANSACTION 'ov'"} {
-					if _, err := c.ExecContext(ctx, q); err != nil {
-						b.Fatal(err)
-					}
-				}
-				c.Close()
-				if _, err := db.ExecContext(ctx, "COMMIT PREPARED 'ov'"); err != nil {
-					b.Fatal(err)
-				}
-				return
-			}
+		{"NamedCycleDistinct", ovNamedCycle(func() string {
 			ovSeq++
-			name := "ov_distinct_" + strconv.Itoa(ovSeq)
-			err := dtx.BeginDistributed(ctx, db, name, func(tx *sql.Tx) error {
-				_, err := tx.ExecContext(ctx, "INSERT INTO t VALUES (1)")
-				return err
-			})
-			if err == nil {
-				err = dtx.CommitDistributed(ctx, name)
-			}
-			if err != nil {
-				b.Fatal(err)
-			}
-		}},
+			return "ov_distinct_" + strconv.Itoa(ovSeq)
+		})},
 		{"TxExec", func(b *testing.B, db *sql.DB, _ *sql.Stmt) {
 			tx, err := db.BeginTx(ctx, nil)
 			if err != nil {
@@ -209,6 +156,41 @@ func BenchmarkOverhead(b *testing.B) {
 					op.run(b, db, st)
 				}
 			})
+		}
+	}
+}
+
+// ovNamedCycle is BenchmarkOverhead's named cycle under the names name
+// gives: dtx's verbs, or the same statements by hand on the raw fake.
+func ovNamedCycle(name func() string) func(b *testing.B, db *sql.DB, _ *sql.Stmt) {
+	ctx := context.Background()
+	return func(b *testing.B, db *sql.DB, _ *sql.Stmt) {
+		if db.Driver() == (ovDriver{}) {
+			c, err := db.Conn(ctx)
+			if err != nil {
+				b.Fatal(err)
+			}
+			for _, q := range []string{"BEGIN", "INSERT INTO t VALUES (1)", "PREPARE TRANSACTION 'ov'"} {
+				if _, err := c.ExecContext(ctx, q); err != nil {
+					b.Fatal(err)
+				}
+			}
+			c.Close()
+			if _, err := db.ExecContext(ctx, "COMMIT PREPARED 'ov'"); err != nil {
+				b.Fatal(err)
+			}
+			return
+		}
+		n := name()
+		err := dtx.BeginDistributed(ctx, db, n, func(tx *sql.Tx) error {
+			_, err := tx.ExecContext(ctx, "INSERT INTO t VALUES (1)")
+			return err
+		})
+		if err == nil {
+			err = dtx.CommitDistributed(ctx, n)
+		}
+		if err != nil {
+			b.Fatal(err)
 		}
 	}
 }

@@ -5,14 +5,12 @@ import (
 	"database/sql"
 	"errors"
 	"strconv"
-	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/dtx-go/dtx"
 	"github.com/dtx-go/dtx/internal/netproxy"
-	"github.com/go-sql-driver/mysql"
 )
 
 // viaProxy sets up a named-transaction test across a proxy to s: the raw
@@ -128,26 +126,11 @@ func TestNamedHeldPrepare(t *testing.T) {
 			// its greeting comes before either starts: dtx still knows
 			// its thread and fences it.
 			t.Run("compress", func(t *testing.T) {
-				testHeldPrepare(t, withDSNParam(t, s, "compress", "true"))
+				s.dsn = withParams(s.dsn, "compress=true")
+				testHeldPrepare(t, s)
 			})
 		}
 	})
-}
-
-// withDSNParam is s with the go-sql-driver/mysql DSN parameter k=v added.
-func withDSNParam(t *testing.T, s server, k, v string) server {
-	t.Helper()
-	cfg, err := mysql.ParseDSN(s.dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dsn := cfg.FormatDSN()
-	sep := "?"
-	if strings.Contains(dsn, "?") {
-		sep = "&"
-	}
-	s.dsn = dsn + sep + k + "=" + v
-	return s
 }
 
 func testHeldPrepare(t *testing.T, s server) {

@@ -38,20 +38,25 @@ func sessDB(t testing.TB, s server, drv, params string) (*netproxy.Proxy, *sql.D
 	}
 	p := newProxy(t, cfg.Addr)
 	cfg.Net, cfg.Addr = "tcp", p.Addr()
-	dsn := cfg.FormatDSN()
-	if params != "" {
-		sep := "?"
-		if strings.Contains(dsn, "?") {
-			sep = "&"
-		}
-		dsn += sep + params
-	}
-	db, err := sql.Open(drv, dsn)
+	db, err := sql.Open(drv, withParams(cfg.FormatDSN(), params))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { db.Close() })
 	return p, db
+}
+
+// withParams is dsn, a go-sql-driver/mysql DSN, with params (k=v&...)
+// added.
+func withParams(dsn, params string) string {
+	if params == "" {
+		return dsn
+	}
+	sep := "?"
+	if strings.Contains(dsn, "?") {
+		sep = "&"
+	}
+	return dsn + sep + params
 }
 
 // globalSessions reads the server-wide counters, only to be logged: other
@@ -378,25 +383,7 @@ func TestMySQLResetKeepsDSNSettings(t *testing.T) {
 	keep, err := db.Conn(ctx)
 	ntOK(t, "Conn", err)
 	defer keep.Close()
-	tbl := table(t, s, raw, "id INT PRIMARY KEY")
-	prefix := names(t, s)
-	held := map[int64]bool{}
-	for i := range 2 {
-		name := prefix + strconv.Itoa(i)
-		// Through db.BeginTx, not BeginDistributed: the conn goes back to
-		// the pool at the prepare, which closes it (MaxIdleConns 0), so
-		// the branch keeps the session alone and it becomes a spare,
-		// reset, after phase two.
-		tx, err := db.BeginTx(dtx.WithName(ctx, name), nil)
-		ntOK(t, "BeginTx", err)
-		var id int64
-		ntOK(t, "CONNECTION_ID", tx.QueryRowContext(ctx, "SELECT CONNECTION_ID()").Scan(&id))
-		held[id] = true
-		_, err = tx.ExecContext(ctx, ntInsert(tbl, i))
-		ntOK(t, "INSERT", err)
-		ntOK(t, "prepare", tx.Commit())
-		ntOK(t, "CommitDistributed", dtx.CommitDistributed(ctx, name))
-	}
+	held := heldAlone(t, s, db, raw) // each a spare, reset, after phase two
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		c, err := db.Conn(ctx)
@@ -419,21 +406,14 @@ func TestMySQLResetKeepsDSNSettings(t *testing.T) {
 	}
 }
 
-// TestMySQLCompressedSessionsNotReused: a compressed session (TLS alike)
-// cannot be reset by dtx, which would write plain packets into the
-// compressed stream. After its held branch is finished it is closed, never
-// handed to another conn, and the sessions that serve the pool still
-// answer.
-func TestMySQLCompressedSessionsNotReused(t *testing.T) {
-	s := ntServer(t, "mysql")
-	raw := open(t, s, s.raw)
+// heldAlone commits two named transactions on db, a pool that keeps no idle
+// conn (MaxIdleConns 0) while its caller keeps one open, and returns the
+// server ids of their sessions. Through db.BeginTx, not BeginDistributed:
+// the conn goes back to the pool at the prepare, which closes it, so the
+// branch keeps the session alone until phase two, when dtx recycles it.
+func heldAlone(t *testing.T, s server, db, raw *sql.DB) map[int64]bool {
+	t.Helper()
 	ctx := ntCtx(t)
-	_, db := sessDB(t, s, s.wrapped, "compress=true")
-	defer db.Close()
-	db.SetMaxIdleConns(0)
-	keep, err := db.Conn(ctx)
-	ntOK(t, "Conn", err)
-	defer keep.Close()
 	tbl := table(t, s, raw, "id INT PRIMARY KEY")
 	prefix := names(t, s)
 	held := map[int64]bool{}
@@ -450,6 +430,25 @@ func TestMySQLCompressedSessionsNotReused(t *testing.T) {
 		ntOK(t, "CommitDistributed", dtx.CommitDistributed(ctx, name))
 		ntMustRow(t, raw, tbl, i, true)
 	}
+	return held
+}
+
+// TestMySQLCompressedSessionsNotReused: a compressed session (TLS alike)
+// cannot be reset by dtx, which would write plain packets into the
+// compressed stream. After its held branch is finished it is closed, never
+// handed to another conn, and the sessions that serve the pool still
+// answer.
+func TestMySQLCompressedSessionsNotReused(t *testing.T) {
+	s := ntServer(t, "mysql")
+	raw := open(t, s, s.raw)
+	ctx := ntCtx(t)
+	_, db := sessDB(t, s, s.wrapped, "compress=true")
+	defer db.Close()
+	db.SetMaxIdleConns(0)
+	keep, err := db.Conn(ctx)
+	ntOK(t, "Conn", err)
+	defer keep.Close()
+	held := heldAlone(t, s, db, raw)
 	// Closed at phase two, not kept as a spare that a later Connect would
 	// take.
 	for id := range held {
