@@ -72,3 +72,16 @@ func Connectors() int {
 func Fence(d Dialect) func(ctx context.Context, db *sql.DB, id uint32) (time.Time, error) {
 	return d.fence
 }
+
+// SessionThread is the server thread id dtx knows for the session under cn
+// (read from its greeting), 0 when it knows none.
+func SessionThread(cn *sql.Conn) (id uint32, err error) {
+	err = cn.Raw(func(dc any) error {
+		if x, ok := dc.(interface{ dtxConn() *conn }); ok {
+			c := x.dtxConn()
+			id = c.c.ss.thread(c.parent)
+		}
+		return nil
+	})
+	return id, err
+}

@@ -433,16 +433,54 @@ func heldAlone(t *testing.T, s server, db, raw *sql.DB) map[int64]bool {
 	return held
 }
 
-// TestMySQLCompressedSessionsNotReused: a compressed session (TLS alike)
-// cannot be reset by dtx, which would write plain packets into the
-// compressed stream. After its held branch is finished it is closed, never
-// handed to another conn, and the sessions that serve the pool still
+// unresettable are DSN parameters whose sessions dtx cannot reset: it
+// would write plain packets into a compressed or encrypted stream.
+var unresettable = []string{"compress=true", "tls=skip-verify"}
+
+// TestMySQLSessionThreads: dtx knows the server thread of every session it
+// dials, plain, compressed and TLS (the greeting comes before either
+// starts), which the fence of a lost prepare needs; the TLS session is
+// encrypted.
+func TestMySQLSessionThreads(t *testing.T) {
+	s := ntServer(t, "mysql")
+	ctx := ntCtx(t)
+	for _, params := range append([]string{""}, unresettable...) {
+		t.Run("params="+params, func(t *testing.T) {
+			_, db := sessDB(t, s, s.wrapped, params)
+			defer db.Close()
+			cn, err := db.Conn(ctx)
+			ntOK(t, "Conn", err)
+			defer cn.Close()
+			var id int64
+			var cipher string
+			ntOK(t, "CONNECTION_ID", cn.QueryRowContext(ctx, "SELECT CONNECTION_ID(), (SELECT VARIABLE_VALUE FROM information_schema.SESSION_STATUS WHERE VARIABLE_NAME = 'Ssl_cipher')").Scan(&id, &cipher))
+			if strings.HasPrefix(params, "tls=") && cipher == "" {
+				t.Fatal("the session is not encrypted (the server has no TLS? scripts/devdb.sh turns it on)")
+			}
+			got, err := dtx.SessionThread(cn)
+			ntOK(t, "SessionThread", err)
+			if int64(got) != id {
+				t.Fatalf("dtx knows thread %d for session %d", got, id)
+			}
+		})
+	}
+}
+
+// TestMySQLUnresettableSessionsNotReused: a compressed or TLS session
+// cannot be reset by dtx. After its held branch is finished it is closed,
+// never handed to another conn, and the sessions that serve the pool still
 // answer.
-func TestMySQLCompressedSessionsNotReused(t *testing.T) {
+func TestMySQLUnresettableSessionsNotReused(t *testing.T) {
+	for _, params := range unresettable {
+		t.Run("params="+params, func(t *testing.T) { testUnresettable(t, params) })
+	}
+}
+
+func testUnresettable(t *testing.T, params string) {
 	s := ntServer(t, "mysql")
 	raw := open(t, s, s.raw)
 	ctx := ntCtx(t)
-	_, db := sessDB(t, s, s.wrapped, "compress=true")
+	_, db := sessDB(t, s, s.wrapped, params)
 	defer db.Close()
 	db.SetMaxIdleConns(0)
 	keep, err := db.Conn(ctx)

@@ -8,10 +8,11 @@ set -euo pipefail
 say() { printf 'devdb: %s\n' "$*"; }
 pg_ok() { psql -XAtqc 'select 1' "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable" >/dev/null 2>&1; }
 my_ok() { mariadb -uroot -h127.0.0.1 -P3306 -e 'select 1' >/dev/null 2>&1; }
+my_tls() { [ "$(mariadb -uroot -h127.0.0.1 -P3306 -N -e 'select @@have_ssl' 2>/dev/null)" = YES ]; }
 
 if pg_ok && my_ok && [ "$(psql -XAtqc 'show max_prepared_transactions' "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable")" != 0 ] &&
 	psql -XAtqc 'select 1' "postgres://postgres@127.0.0.1:5432/test?sslmode=disable" >/dev/null 2>&1 &&
-	mariadb -uroot -h127.0.0.1 -P3306 -e 'use test' >/dev/null 2>&1; then
+	mariadb -uroot -h127.0.0.1 -P3306 -e 'use test' >/dev/null 2>&1 && my_tls; then
 	say "PostgreSQL and MariaDB ready"
 	exit 0
 fi
@@ -64,6 +65,30 @@ if ! my_ok; then
 	mariadb -e "CREATE USER IF NOT EXISTS 'root'@'127.0.0.1' IDENTIFIED BY ''; GRANT ALL ON *.* TO 'root'@'127.0.0.1' WITH GRANT OPTION"
 fi
 mariadb -uroot -h127.0.0.1 -e "CREATE DATABASE IF NOT EXISTS test"
+
+# MariaDB: TLS on, with a self-signed certificate, for the tests of TLS
+# sessions (Debian's server has it off: have_ssl DISABLED). The setting is
+# read at start only, so this restarts MariaDB once; prepared XA branches
+# survive a restart.
+if ! my_tls; then
+	say "turning TLS on in MariaDB (restarts it once)"
+	tls=/etc/mysql/dtx-tls
+	mkdir -p "$tls"
+	[ -s "$tls/key.pem" ] || openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj /CN=localhost \
+		-keyout "$tls/key.pem" -out "$tls/cert.pem" >/dev/null 2>&1
+	chown -R mysql:mysql "$tls"
+	conf=/etc/mysql/my.cnf
+	[ -d /etc/mysql/mariadb.conf.d ] && conf=/etc/mysql/mariadb.conf.d/99-dtx-tls.cnf
+	grep -q dtx-tls "$conf" 2>/dev/null ||
+		printf '\n[mysqld]\nssl_cert = %s/cert.pem\nssl_key = %s/key.pem\n' "$tls" "$tls" >>"$conf"
+	mariadb-admin shutdown
+	for _ in $(seq 1 100); do [ -e /run/mysqld/mysqld.pid ] || break; sleep 0.1; done
+	mkdir -p /run/mysqld && chown mysql:mysql /run/mysqld
+	start-stop-daemon --start --oknodo --background --pidfile /run/mysqld/mysqld.pid \
+		--exec /usr/sbin/mariadbd -- --user=mysql
+	for _ in $(seq 1 100); do my_ok && break; sleep 0.2; done
+	my_tls || say "MariaDB still has no TLS: the TLS session tests will fail under DTX_REQUIRE_DB" >&2
+fi
 
 pg_ok && my_ok || { say "servers still not reachable" >&2; exit 1; }
 say "PostgreSQL and MariaDB ready"
