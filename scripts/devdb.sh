@@ -32,6 +32,7 @@ fi
 missing=()
 command -v pg_ctlcluster >/dev/null 2>&1 || missing+=(postgresql)
 command -v mariadbd >/dev/null 2>&1 || [ -x /usr/sbin/mariadbd ] || missing+=(mariadb-server)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl) # MariaDB's TLS certificate, below
 if [ ${#missing[@]} -gt 0 ]; then
 	say "installing ${missing[*]} from Debian's packages"
 	apt-get update -qq
