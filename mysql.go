@@ -7,7 +7,10 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"math"
+	"reflect"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -57,6 +60,11 @@ func xaFinish(name string, commit bool) string {
 }
 
 func (mysqlDialect) begin(ctx context.Context, c *conn, name string, opts driver.TxOptions) error {
+	if !c.c.ss.greeted && mysqlDriverConn(c.parent) && c.c.ss.thread(c.parent) == 0 {
+		if err := mysqlLearnThread(ctx, c); err != nil {
+			return err
+		}
+	}
 	var oneShot []string
 	switch sql.IsolationLevel(opts.Isolation) {
 	case sql.LevelDefault:
@@ -93,6 +101,43 @@ func (mysqlDialect) begin(ctx context.Context, c *conn, name string, opts driver
 		return fmt.Errorf("%w: %q is already prepared or active on this server: %w", ErrNameInUse, name, err)
 	}
 	return err
+}
+
+// mysqlDriverConn reports whether dc is go-sql-driver/mysql's: a test
+// double's (go-sqlmock through dtxtest) is not asked for its thread, which
+// it would not expect.
+func mysqlDriverConn(dc driver.Conn) bool {
+	return strings.HasPrefix(reflect.TypeOf(dc).String(), "*mysql.")
+}
+
+// mysqlLearnThread asks the server for the thread of c's session, once in
+// the session's life, when dtx did not dial it and so did not read its
+// greeting (a connector given to NewConnector, a network registered with
+// mysql.RegisterDialContext): the fence of a lost prepare needs it. One
+// round trip per session, before its first named transaction.
+func mysqlLearnThread(ctx context.Context, c *conn) error {
+	var id uint64
+	_, _, err := queryDriver(ctx, c.parent, "SELECT CONNECTION_ID()", func(v []driver.Value) error {
+		var err error
+		switch x := v[0].(type) {
+		case int64:
+			id = uint64(x)
+		case uint64:
+			id = x
+		case []byte:
+			id, err = strconv.ParseUint(string(x), 10, 32)
+		default:
+			err = fmt.Errorf("dtx: CONNECTION_ID() gave %T", x)
+		}
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	if id > 0 && id <= math.MaxUint32 {
+		c.c.ss.track(c.parent, socket{thread: uint32(id)})
+	}
+	return nil
 }
 
 // prepare ends and prepares the branch and returns the session it is bound

@@ -11,6 +11,7 @@ import (
 
 	"github.com/dtx-go/dtx"
 	"github.com/dtx-go/dtx/internal/netproxy"
+	"github.com/go-sql-driver/mysql"
 )
 
 // viaProxy sets up a named-transaction test across a proxy to s: the raw
@@ -120,21 +121,34 @@ func TestNamedHeldPrepare(t *testing.T) {
 		if s.label == "postgres" {
 			t.Skip("lib/pq waits for the prepare's answer whatever the context")
 		}
-		testHeldPrepare(t, s)
+		testHeldPrepare(t, s, false)
 		if s.kind == "mysql" {
 			// A compressed (or TLS) session cannot be reset by dtx, but
 			// its greeting comes before either starts: dtx still knows
 			// its thread and fences it.
 			t.Run("compress", func(t *testing.T) {
-				s.dsn = withParams(s.dsn, "compress=true")
-				testHeldPrepare(t, s)
+				c := s
+				c.dsn = withParams(s.dsn, "compress=true")
+				testHeldPrepare(t, c, false)
 			})
+			// Sessions of a connector given to NewConnector: dtx does not
+			// dial them, and asks the server for the thread instead.
+			t.Run("NewConnector", func(t *testing.T) { testHeldPrepare(t, s, true) })
 		}
 	})
 }
 
-func testHeldPrepare(t *testing.T, s server) {
+func testHeldPrepare(t *testing.T, s server, viaConnector bool) {
 	raw, tbl, prefix, p, db, direct := viaProxy(t, s)
+	if viaConnector {
+		cfg, err := mysql.ParseDSN(s.dsn)
+		ntOK(t, "ParseDSN", err)
+		cfg.Net, cfg.Addr = "tcp", p.Addr()
+		mc, err := mysql.NewConnector(cfg)
+		ntOK(t, "mysql.NewConnector", err)
+		db = sql.OpenDB(dtx.NewConnector(mc, dtx.MySQL))
+		t.Cleanup(func() { db.Close() })
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	prepare := "XA PREPARE"

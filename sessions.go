@@ -123,7 +123,9 @@ func (ss *sessions) finishReset(ctx context.Context, s driver.Conn) error {
 	return ss.reset.finish(ctx, nc)
 }
 
-// track records sk as the socket of s.
+// track records sk as what dtx knows of s: the socket and thread of a
+// session dtx dialed, or only the thread of one it did not (asked of the
+// server, mysqlLearnThread). closeSession forgets it with the session.
 func (ss *sessions) track(s driver.Conn, sk socket) {
 	ss.mu.Lock()
 	if ss.nets == nil {

@@ -486,6 +486,51 @@ func needParams(t *testing.T, s server, params string) {
 	}
 }
 
+// TestMySQLSessionThreadAsked: on a session dtx did not dial (a connector
+// given to NewConnector), dtx asks the server for the thread, once in the
+// session's life, at its first named transaction.
+func TestMySQLSessionThreadAsked(t *testing.T) {
+	s := ntServer(t, "mysql")
+	raw := open(t, s, s.raw)
+	ctx := ntCtx(t)
+	cfg, err := mysql.ParseDSN(s.dsn)
+	ntOK(t, "ParseDSN", err)
+	mc, err := mysql.NewConnector(cfg)
+	ntOK(t, "mysql.NewConnector", err)
+	db := sql.OpenDB(dtx.NewConnector(mc, dtx.MySQL))
+	defer db.Close()
+	cn, err := db.Conn(ctx)
+	ntOK(t, "Conn", err)
+	defer cn.Close()
+	if got, err := dtx.SessionThread(cn); err != nil || got != 0 {
+		t.Fatalf("before any named transaction dtx knows thread %d (%v)", got, err)
+	}
+	tbl := table(t, s, raw, "id INT PRIMARY KEY")
+	prefix := names(t, s)
+	for i := range 3 {
+		name := prefix + strconv.Itoa(i)
+		tx, err := cn.BeginTx(dtx.WithName(ctx, name), nil)
+		ntOK(t, "BeginTx", err)
+		_, err = tx.ExecContext(ctx, ntInsert(tbl, i))
+		ntOK(t, "INSERT", err)
+		ntOK(t, "prepare", tx.Commit())
+		ntOK(t, "CommitDistributed", dtx.CommitDistributed(ctx, name))
+	}
+	var id int64
+	var selects int
+	ntOK(t, "CONNECTION_ID", cn.QueryRowContext(ctx, "SELECT CONNECTION_ID()").Scan(&id))
+	ntOK(t, "Com_select", cn.QueryRowContext(ctx, "SELECT VARIABLE_VALUE FROM information_schema.SESSION_STATUS WHERE VARIABLE_NAME = 'Com_select'").Scan(&selects))
+	got, err := dtx.SessionThread(cn)
+	ntOK(t, "SessionThread", err)
+	if int64(got) != id {
+		t.Fatalf("dtx knows thread %d for session %d", got, id)
+	}
+	// dtx's one question, the test's CONNECTION_ID() and this query.
+	if selects != 3 {
+		t.Fatalf("the session ran %d SELECTs in 3 named transactions and 2 of the test's; want 3 (dtx asks once)", selects)
+	}
+}
+
 // TestMySQLUnresettableSessionsNotReused: a compressed or TLS session
 // cannot be reset by dtx. After its held branch is finished it is closed,
 // never handed to another conn, and the sessions that serve the pool still
