@@ -113,9 +113,12 @@ func sessLoad(t *testing.T, workers int, d time.Duration, cycle func(n int64) er
 // dtx's sessions are its pool's open conns, as with the raw driver. Each
 // worker has at most one conn in use or kept, the pool keeps at most 2
 // idle: at most 8+2 = 10 open at once. New sessions: the pool closes conns
-// over MaxIdleConns and dials new ones on either side, as timing has it
-// (measured: raw 8, dtx 8 to 19 in 3 s); the test allows twice the raw
-// count plus 20.
+// returned over MaxIdleConns and dials when a worker then finds none idle,
+// on either side, as timing has it. dtx's cycle spends a little longer
+// outside its conn than the hand-written one, so it dials more: measured
+// raw 8 to 9, dtx 17 to 38 in 8,200 to 10,800 cycles (the same at 77fb2de).
+// The test allows the raw count plus 20 plus 0.5 % of the cycles; the defect
+// this guards against dialed for 36 % of them.
 func TestMySQLSessionsUnderLoad(t *testing.T) {
 	s := ntServer(t, "mysql")
 	raw := open(t, s, s.raw)
@@ -173,7 +176,7 @@ func TestMySQLSessionsUnderLoad(t *testing.T) {
 		if maxOpen > workers+2 {
 			t.Errorf("%d sessions open at once, bound %d", maxOpen, workers+2)
 		}
-		if bound := 2*rawAccepted + 20; accepted > bound {
+		if bound := rawAccepted + 20 + cycles/200; accepted > bound {
 			t.Errorf("%d sessions opened for %d cycles; the raw driver opened %d, bound %d", accepted, cycles, rawAccepted, bound)
 		}
 	})
@@ -529,6 +532,35 @@ func TestMySQLSessionThreadAsked(t *testing.T) {
 	if selects != 3 {
 		t.Fatalf("the session ran %d SELECTs in 3 named transactions and 2 of the test's; want 3 (dtx asks once)", selects)
 	}
+}
+
+// TestMySQLSessionThreadAskFails: when the question for the thread fails
+// (the connection was cut), the begin fails before XA START and the name is
+// free again.
+func TestMySQLSessionThreadAskFails(t *testing.T) {
+	s := ntServer(t, "mysql")
+	raw := open(t, s, s.raw)
+	ctx := ntCtx(t)
+	cfg, err := mysql.ParseDSN(s.dsn)
+	ntOK(t, "ParseDSN", err)
+	p := newProxy(t, cfg.Addr)
+	cfg.Net, cfg.Addr = "tcp", p.Addr()
+	mc, err := mysql.NewConnector(cfg)
+	ntOK(t, "mysql.NewConnector", err)
+	db := sql.OpenDB(dtx.NewConnector(mc, dtx.MySQL))
+	defer db.Close()
+	cn, err := db.Conn(ctx)
+	ntOK(t, "Conn", err)
+	defer cn.Close()
+	tbl := table(t, s, raw, "id INT PRIMARY KEY")
+	name := names(t, s) + "0"
+	p.Cut()
+	if _, err := cn.BeginTx(dtx.WithName(ctx, name), nil); err == nil {
+		t.Fatal("BeginTx on a cut connection succeeded")
+	}
+	ntOK(t, "BeginDistributed with the name again", dtx.BeginDistributed(ctx, db, name, ntInsertFn(ctx, tbl, 1)))
+	ntOK(t, "CommitDistributed", dtx.CommitDistributed(ctx, name))
+	ntMustRow(t, raw, tbl, 1, true)
 }
 
 // TestMySQLUnresettableSessionsNotReused: a compressed or TLS session
