@@ -57,11 +57,11 @@ func mysqlGreeted(cfg *mysql.Config) bool {
 	return false
 }
 
-// mysqlResettable reports whether sessions opened with cfg can also be reset
-// by dtx, which writes on their socket: greeted, and neither TLS nor
-// compression. Others are closed after their held branch instead.
+// mysqlResettable reports whether greeted sessions of cfg can also be reset
+// by dtx, which writes on their socket: neither TLS nor compression. Others
+// are closed after their held branch instead.
 func mysqlResettable(cfg *mysql.Config) bool {
-	return mysqlGreeted(cfg) && cfg.TLS == nil && !strings.Contains(cfg.FormatDSN(), "compress=true")
+	return cfg.TLS == nil && !strings.Contains(cfg.FormatDSN(), "compress=true")
 }
 
 // mysqlConnector is the dtx+mysql driver's parent connector for dsn, the
@@ -76,7 +76,6 @@ func mysqlConnector(dsn string) (pc driver.Connector, reset *sessionReset, greet
 		pc, err := mysql.NewConnector(cfg)
 		return pc, nil, false, err
 	}
-	resettable := mysqlResettable(cfg) // before dtx's own dial function is set
 	cfg.DialFunc = func(ctx context.Context, network, addr string) (net.Conn, error) {
 		var d net.Dialer
 		nc, err := d.DialContext(ctx, network, addr)
@@ -92,7 +91,7 @@ func mysqlConnector(dsn string) (pc driver.Connector, reset *sessionReset, greet
 		slot.nc, slot.thread = g, g.thread
 		return g, nil
 	}
-	if pc, err = mysql.NewConnector(cfg); err != nil || !resettable {
+	if pc, err = mysql.NewConnector(cfg); err != nil || !mysqlResettable(cfg) {
 		return pc, nil, err == nil, err
 	}
 	replay := mysqlReplay(dsn, cfg)
