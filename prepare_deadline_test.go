@@ -11,7 +11,6 @@ import (
 
 	"github.com/dtx-go/dtx"
 	"github.com/dtx-go/dtx/internal/netproxy"
-	"github.com/go-sql-driver/mysql"
 )
 
 // viaProxy sets up a named-transaction test across a proxy to s: the raw
@@ -141,13 +140,7 @@ func TestNamedHeldPrepare(t *testing.T) {
 func testHeldPrepare(t *testing.T, s server, viaConnector bool) {
 	raw, tbl, prefix, p, db, direct := viaProxy(t, s)
 	if viaConnector {
-		cfg, err := mysql.ParseDSN(s.dsn)
-		ntOK(t, "ParseDSN", err)
-		cfg.Net, cfg.Addr = "tcp", p.Addr()
-		mc, err := mysql.NewConnector(cfg)
-		ntOK(t, "mysql.NewConnector", err)
-		db = sql.OpenDB(dtx.NewConnector(mc, dtx.MySQL))
-		t.Cleanup(func() { db.Close() })
+		db = connectorDB(t, s, p.Addr())
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()

@@ -489,6 +489,24 @@ func needParams(t *testing.T, s server, params string) {
 	}
 }
 
+// connectorDB opens s's MariaDB through dtx.NewConnector over a
+// go-sql-driver/mysql connector, which dtx does not dial itself; at addr
+// (a proxy's) unless it is "". Closed when t ends.
+func connectorDB(t *testing.T, s server, addr string) *sql.DB {
+	t.Helper()
+	need(t, s)
+	cfg, err := mysql.ParseDSN(s.dsn)
+	ntOK(t, "ParseDSN", err)
+	if addr != "" {
+		cfg.Net, cfg.Addr = "tcp", addr
+	}
+	mc, err := mysql.NewConnector(cfg)
+	ntOK(t, "mysql.NewConnector", err)
+	db := sql.OpenDB(dtx.NewConnector(mc, dtx.MySQL))
+	t.Cleanup(func() { db.Close() })
+	return db
+}
+
 // TestMySQLSessionThreadAsked: on a session dtx did not dial (a connector
 // given to NewConnector), dtx asks the server for the thread, once in the
 // session's life, at its first named transaction.
@@ -496,12 +514,7 @@ func TestMySQLSessionThreadAsked(t *testing.T) {
 	s := ntServer(t, "mysql")
 	raw := open(t, s, s.raw)
 	ctx := ntCtx(t)
-	cfg, err := mysql.ParseDSN(s.dsn)
-	ntOK(t, "ParseDSN", err)
-	mc, err := mysql.NewConnector(cfg)
-	ntOK(t, "mysql.NewConnector", err)
-	db := sql.OpenDB(dtx.NewConnector(mc, dtx.MySQL))
-	defer db.Close()
+	db := connectorDB(t, s, "")
 	cn, err := db.Conn(ctx)
 	ntOK(t, "Conn", err)
 	defer cn.Close()
@@ -541,14 +554,8 @@ func TestMySQLSessionThreadAskFails(t *testing.T) {
 	s := ntServer(t, "mysql")
 	raw := open(t, s, s.raw)
 	ctx := ntCtx(t)
-	cfg, err := mysql.ParseDSN(s.dsn)
-	ntOK(t, "ParseDSN", err)
-	p := newProxy(t, cfg.Addr)
-	cfg.Net, cfg.Addr = "tcp", p.Addr()
-	mc, err := mysql.NewConnector(cfg)
-	ntOK(t, "mysql.NewConnector", err)
-	db := sql.OpenDB(dtx.NewConnector(mc, dtx.MySQL))
-	defer db.Close()
+	p := newProxy(t, coServerAddr(t, s))
+	db := connectorDB(t, s, p.Addr())
 	cn, err := db.Conn(ctx)
 	ntOK(t, "Conn", err)
 	defer cn.Close()
